@@ -1,0 +1,61 @@
+//! The HTTP API: one `#[OpenApi]` impl per resource, combined in [`apis`].
+mod extract;
+mod ops;
+mod subscribers;
+mod subscriptions;
+mod suppressions;
+mod unsubscribe;
+
+pub use extract::{FormFields, client_context, wants_html, wants_json};
+
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::state::AppState;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Signup, double opt-in confirmation and "this wasn't me".
+    Subscriptions,
+    /// One-click unsubscribe and the links for mailings.
+    Unsubscribe,
+    /// The suppression list.
+    Suppressions,
+    /// Subscribers, lists and maintenance (administrators).
+    Admin,
+    /// Health and readiness.
+    Ops,
+}
+
+pub type Apis = (
+    subscriptions::SubscriptionsApi,
+    unsubscribe::UnsubscribeApi,
+    suppressions::SuppressionsApi,
+    subscribers::SubscribersApi,
+    ops::OpsApi,
+);
+
+/// The combined API as an OpenAPI service.
+pub fn service(state: AppState) -> OpenApiService<Apis, ()> {
+    let public_url = state.config.public_base().to_string();
+    OpenApiService::new(
+        (
+            subscriptions::SubscriptionsApi {
+                state: state.clone(),
+            },
+            unsubscribe::UnsubscribeApi {
+                state: state.clone(),
+            },
+            suppressions::SuppressionsApi {
+                state: state.clone(),
+            },
+            subscribers::SubscribersApi {
+                state: state.clone(),
+            },
+            ops::OpsApi { state },
+        ),
+        "listguard",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Newsletter subscription and suppression-list service: double opt-in, one-click unsubscribe, a suppression list purged after one month, Mailchimp sync and data-subject rights.")
+    .server(public_url)
+}

@@ -1,0 +1,580 @@
+//! Typed configuration: one TOML file, then `LISTGUARD_<SECTION>__<KEY>`
+//! environment overrides (figment). Array and table keys take JSON in the
+//! environment. Every key has a default, so no configuration at all gives the
+//! embedded default: SQLite `listguard.db`, mail to the log, one list.
+use std::{collections::BTreeMap, path::Path};
+
+use chrono::{DateTime, Months, Utc};
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub secrets: SecretsConfig,
+    pub mail: MailConfig,
+    pub org: OrgConfig,
+    /// The lists people can subscribe to.
+    pub lists: Vec<ListConfig>,
+    pub retention: RetentionConfig,
+    pub captcha: CaptchaConfig,
+    /// API keys: `{name, scope: admin|sender, key_sha256}`.
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: Default::default(),
+            database: Default::default(),
+            secrets: Default::default(),
+            mail: Default::default(),
+            org: Default::default(),
+            lists: default_lists(),
+            retention: Default::default(),
+            captcha: Default::default(),
+            api_keys: Default::default(),
+            limits: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub bind: String,
+    /// Base of every link the service writes.
+    pub public_url: String,
+    /// Refuse unsafe defaults: generated secrets, the `log` transport, plain http.
+    pub production: bool,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest body of the bulk sender calls (10,000 addresses), in bytes.
+    pub max_bulk_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            production: false,
+            max_body_bytes: 64 * 1024,
+            max_bulk_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`.
+    pub url: String,
+    /// Connection pool size. SQLite has one writer however many connections it
+    /// is given; PostgreSQL scales with a few per core.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://listguard.db?mode=rwc".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct SecretsConfig {
+    /// `kid:base64key` entries; the first signs, all verify. Generated when empty.
+    pub token_keys: Vec<SecretString>,
+    /// Base64 key for address hashing. Generated when absent.
+    pub hash_key: Option<SecretString>,
+}
+
+/// How mail leaves the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransportKind {
+    /// Development preview: whole mails printed to standard output.
+    #[default]
+    Log,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MailConfig {
+    pub transport: MailTransportKind,
+    /// e.g. `smtp://127.0.0.1:1025`, `smtps://user:pass@host`.
+    pub smtp_url: Option<SecretString>,
+    /// The From header.
+    pub from: Option<String>,
+    /// Attempts before a mail job is dead-lettered.
+    pub max_attempts: i32,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            transport: MailTransportKind::Log,
+            smtp_url: None,
+            from: None,
+            max_attempts: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OrgConfig {
+    pub name: String,
+    pub privacy_policy_url: Option<String>,
+    pub contact_email: Option<String>,
+    /// `sv` or `en`.
+    pub default_locale: String,
+}
+
+impl Default for OrgConfig {
+    fn default() -> Self {
+        Self {
+            name: "listguard".into(),
+            privacy_policy_url: None,
+            contact_email: None,
+            default_locale: "sv".into(),
+        }
+    }
+}
+
+/// One mailing list.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ListConfig {
+    pub slug: String,
+    pub name: String,
+    pub mailchimp_list_id: Option<String>,
+    /// The exact words the signup form shows next to the consent box.
+    pub consent_text: String,
+    pub consent_version: String,
+}
+
+fn default_lists() -> Vec<ListConfig> {
+    vec![ListConfig {
+        slug: "newsletter".into(),
+        name: "Newsletter".into(),
+        mailchimp_list_id: None,
+        consent_text:
+            "I want to receive the newsletter by e-mail and have read the privacy policy.".into(),
+        consent_version: "1".into(),
+    }]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// How long a suppression entry lives (a calendar month by default).
+    pub suppression: ConfigDuration,
+    /// Per-reason overrides of `suppression`, e.g. `{ bounce = "2 months" }`.
+    pub suppression_by_reason: BTreeMap<String, ConfigDuration>,
+    /// Validity of a confirmation token.
+    pub pending: ConfigDuration,
+    /// How long unconfirmed data is kept after its token expired.
+    pub pending_grace: ConfigDuration,
+    /// Period of the purge scheduler inside `serve`.
+    pub purge_interval: ConfigDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            suppression: ConfigDuration::Months(1),
+            suppression_by_reason: BTreeMap::new(),
+            pending: ConfigDuration::Fixed(chrono::Duration::hours(48)),
+            pending_grace: ConfigDuration::Fixed(chrono::Duration::days(7)),
+            purge_interval: ConfigDuration::Fixed(chrono::Duration::minutes(10)),
+        }
+    }
+}
+
+/// Which captcha service verifies `captcha_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptchaProvider {
+    #[default]
+    None,
+    Turnstile,
+    Hcaptcha,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct CaptchaConfig {
+    pub provider: CaptchaProvider,
+    pub secret: Option<SecretString>,
+    /// The provider's `siteverify` URL; defaults to the provider's public one.
+    pub verify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiScope {
+    Admin,
+    Sender,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    pub scope: ApiScope,
+    /// Lower-case hex SHA-256 of the key.
+    pub key_sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub subscribe_per_ip_per_minute: u32,
+    pub confirmations_per_address_per_day: u32,
+    pub resend_cooldown: ConfigDuration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            subscribe_per_ip_per_minute: 10,
+            confirmations_per_address_per_day: 5,
+            resend_cooldown: ConfigDuration::Fixed(chrono::Duration::minutes(10)),
+        }
+    }
+}
+
+/// A configured duration: fixed (`"30s"`, `"10m"`, `"48h"`, `"7d"`, `"2w"`) or
+/// in calendar months (`"1 month"`), which is why it is not a `std::time::Duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigDuration {
+    Fixed(chrono::Duration),
+    Months(u32),
+}
+
+impl ConfigDuration {
+    /// `start` moved forward by this duration. A month from 31 January is the
+    /// last day of February, at the same time of day.
+    pub fn after(&self, start: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::Fixed(d) => start + *d,
+            Self::Months(m) => start
+                .checked_add_months(Months::new(*m))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        }
+    }
+
+    /// `end` moved back by this duration.
+    pub fn before(&self, end: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::Fixed(d) => end - *d,
+            Self::Months(m) => end
+                .checked_sub_months(Months::new(*m))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+
+    /// An approximation for timers (a month counts as 30 days).
+    pub fn approx_std(&self) -> std::time::Duration {
+        match self {
+            Self::Fixed(d) => d.to_std().unwrap_or_default(),
+            Self::Months(m) => std::time::Duration::from_secs(u64::from(*m) * 30 * 86_400),
+        }
+    }
+}
+
+impl std::str::FromStr for ConfigDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {s:?} has no unit (s, m, h, d, w, month)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: i64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+        let fixed = |d: Option<chrono::Duration>| {
+            d.map(Self::Fixed)
+                .ok_or_else(|| format!("duration {s:?} is too large"))
+        };
+        match unit.trim() {
+            "s" | "sec" | "secs" | "second" | "seconds" => fixed(chrono::Duration::try_seconds(n)),
+            "m" | "min" | "mins" | "minute" | "minutes" => fixed(chrono::Duration::try_minutes(n)),
+            "h" | "hour" | "hours" => fixed(chrono::Duration::try_hours(n)),
+            "d" | "day" | "days" => fixed(chrono::Duration::try_days(n)),
+            "w" | "week" | "weeks" => fixed(chrono::Duration::try_weeks(n)),
+            "month" | "months" => u32::try_from(n)
+                .map(Self::Months)
+                .map_err(|_| format!("duration {s:?} is too large")),
+            other => Err(format!(
+                "duration {s:?} has an unknown unit {other:?} (s, m, h, d, w, month)"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Environment variables with the `LISTGUARD_` prefix that are not configuration keys.
+const NON_KEY_VARS: &[&str] = &["CONFIG", "LOG_FORMAT", "ADMIN_KEY"];
+
+impl Config {
+    /// Loads the file (if any), then the environment on top.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("configuration file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        // Environment values: JSON for arrays and tables (the documented form
+        // for list-valued keys), figment's own lenient parsing for the rest.
+        let mut admin_key = None;
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("LISTGUARD_") else {
+                continue;
+            };
+            if rest == "ADMIN_KEY" {
+                admin_key = Some(v);
+                continue;
+            }
+            if NON_KEY_VARS.contains(&rest) || rest.is_empty() {
+                continue;
+            }
+            let path = rest.to_ascii_lowercase().replace("__", ".");
+            let t = v.trim_start();
+            if t.starts_with('[') || t.starts_with('{') {
+                let json: serde_json::Value = serde_json::from_str(&v).map_err(|e| {
+                    anyhow::anyhow!("environment variable {k} is not valid JSON: {e}")
+                })?;
+                fig = fig.merge(Serialized::default(&path, json));
+            } else {
+                let value: figment::value::Value = v
+                    .parse()
+                    .unwrap_or_else(|_| figment::value::Value::from(v.clone()));
+                fig = fig.merge(Serialized::default(&path, value));
+            }
+        }
+        let mut config: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        if config.lists.is_empty() {
+            config.lists = default_lists();
+        }
+        if let Some(key) = admin_key {
+            config.api_keys.push(ApiKeyConfig {
+                name: "LISTGUARD_ADMIN_KEY".into(),
+                scope: ApiScope::Admin,
+                key_sha256: crate::crypto::sha256_hex(key.trim().as_bytes()),
+            });
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for l in &self.lists {
+            crate::domain::ListSlug::parse(&l.slug)
+                .map_err(|e| anyhow::anyhow!("lists: slug {:?}: {e}", l.slug))?;
+            if !seen.insert(l.slug.as_str()) {
+                anyhow::bail!("lists: slug {:?} appears twice", l.slug);
+            }
+        }
+        if !matches!(self.org.default_locale.as_str(), "sv" | "en") {
+            anyhow::bail!("org.default_locale must be \"sv\" or \"en\"");
+        }
+        if self.mail.transport == MailTransportKind::Smtp && self.mail.smtp_url.is_none() {
+            anyhow::bail!("mail.transport = \"smtp\" needs mail.smtp_url");
+        }
+        url_like(&self.server.public_url).map_err(|e| anyhow::anyhow!("server.public_url: {e}"))?;
+        if self.server.production {
+            if self.mail.transport == MailTransportKind::Log {
+                anyhow::bail!(
+                    "production mode refuses the `log` mail transport: set mail.transport = \"smtp\""
+                );
+            }
+            if !self.server.public_url.starts_with("https://") {
+                anyhow::bail!("production mode needs an https server.public_url");
+            }
+            if self.secrets.token_keys.is_empty() || self.secrets.hash_key.is_none() {
+                anyhow::bail!(
+                    "production mode refuses generated secrets: set secrets.token_keys and secrets.hash_key (`listguard keys generate` makes them)"
+                );
+            }
+        }
+        for k in &self.api_keys {
+            if k.key_sha256.len() != 64 || !k.key_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("api_keys: {:?} needs key_sha256 as 64 hex digits", k.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured list with this slug.
+    pub fn list(&self, slug: &str) -> Option<&ListConfig> {
+        self.lists.iter().find(|l| l.slug == slug)
+    }
+
+    /// Whether a suppression scope (a list slug or `*`) reaches a Mailchimp audience.
+    pub fn mailchimp_mapped(&self, scope: &str) -> bool {
+        self.lists
+            .iter()
+            .any(|l| (scope == "*" || l.slug == scope) && l.mailchimp_list_id.is_some())
+    }
+
+    /// How long a suppression entry for `reason` lives.
+    pub fn suppression_retention(&self, reason: &str) -> ConfigDuration {
+        self.retention
+            .suppression_by_reason
+            .get(reason)
+            .copied()
+            .unwrap_or(self.retention.suppression)
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn public_base(&self) -> &str {
+        self.server.public_url.trim_end_matches('/')
+    }
+}
+
+fn url_like(s: &str) -> Result<(), String> {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not an http(s) URL"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            "30s".parse::<ConfigDuration>().unwrap(),
+            ConfigDuration::Fixed(chrono::Duration::seconds(30))
+        );
+        assert_eq!(
+            "48h".parse::<ConfigDuration>().unwrap(),
+            ConfigDuration::Fixed(chrono::Duration::hours(48))
+        );
+        assert_eq!(
+            "7d".parse::<ConfigDuration>().unwrap(),
+            ConfigDuration::Fixed(chrono::Duration::days(7))
+        );
+        assert_eq!(
+            "1 month".parse::<ConfigDuration>().unwrap(),
+            ConfigDuration::Months(1)
+        );
+        assert!("10 parsecs".parse::<ConfigDuration>().is_err());
+        assert!("m".parse::<ConfigDuration>().is_err());
+    }
+
+    #[test]
+    fn a_month_from_the_31st_of_january_is_the_end_of_february() {
+        let t: DateTime<Utc> = "2026-01-31T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            ConfigDuration::Months(1).after(t).to_rfc3339(),
+            "2026-02-28T10:00:00+00:00"
+        );
+        let t: DateTime<Utc> = "2028-01-31T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            ConfigDuration::Months(1).after(t).to_rfc3339(),
+            "2028-02-29T10:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_takes_json_for_arrays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nbind = \"0.0.0.0:1\"\n[database]\nurl = \"sqlite://x.db\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "LISTGUARD_DATABASE__URL".to_string(),
+                "postgres://h/db".to_string(),
+            ),
+            (
+                "LISTGUARD_API_KEYS".to_string(),
+                format!(
+                    r#"[{{"name":"web","scope":"sender","key_sha256":"{}"}}]"#,
+                    "a".repeat(64)
+                ),
+            ),
+            (
+                "LISTGUARD_LIMITS__SUBSCRIBE_PER_IP_PER_MINUTE".to_string(),
+                "99".to_string(),
+            ),
+            ("LISTGUARD_ADMIN_KEY".to_string(), "secret".to_string()),
+        ];
+        let c = Config::load_from(Some(&path), env).unwrap();
+        assert_eq!(c.server.bind, "0.0.0.0:1");
+        assert_eq!(c.database.url, "postgres://h/db");
+        assert_eq!(c.limits.subscribe_per_ip_per_minute, 99);
+        assert_eq!(c.api_keys.len(), 2);
+        assert_eq!(c.api_keys[0].scope, ApiScope::Sender);
+        assert_eq!(c.lists[0].slug, "newsletter");
+    }
+
+    #[test]
+    fn production_refuses_generated_secrets_and_the_log_transport() {
+        let env = vec![(
+            "LISTGUARD_SERVER__PRODUCTION".to_string(),
+            "true".to_string(),
+        )];
+        let err = Config::load_from(None, env).unwrap_err().to_string();
+        assert!(err.contains("log"), "{err}");
+        let env = vec![
+            (
+                "LISTGUARD_SERVER__PRODUCTION".to_string(),
+                "true".to_string(),
+            ),
+            (
+                "LISTGUARD_SERVER__PUBLIC_URL".to_string(),
+                "https://x.example".to_string(),
+            ),
+            ("LISTGUARD_MAIL__TRANSPORT".to_string(), "smtp".to_string()),
+            (
+                "LISTGUARD_MAIL__SMTP_URL".to_string(),
+                "smtp://127.0.0.1:25".to_string(),
+            ),
+        ];
+        let err = Config::load_from(None, env).unwrap_err().to_string();
+        assert!(err.contains("generated secrets"), "{err}");
+    }
+}

@@ -1,0 +1,42 @@
+//! Connecting to the database and running migrations.
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
+
+use crate::config::DatabaseConfig;
+
+/// Connects with settings that suit the backend.
+pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(cfg.url.clone());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30));
+    if cfg.url.starts_with("sqlite:") {
+        // One writer at a time is SQLite's nature; WAL lets readers go on
+        // meanwhile, and the busy timeout makes writers queue instead of failing.
+        opts.max_connections(cfg.max_connections.min(8))
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+            });
+    } else {
+        opts.max_connections(cfg.max_connections);
+    }
+    let db = Database::connect(opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
+    Ok(db)
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    Migrator::up(db, None).await?;
+    Ok(())
+}
+
+pub fn is_postgres(db: &DatabaseConnection) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}

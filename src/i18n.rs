@@ -1,0 +1,194 @@
+//! The words of pages and mails, in Swedish and English.
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Locale {
+    Sv,
+    En,
+}
+
+impl Locale {
+    pub fn parse(s: &str) -> Option<Self> {
+        let primary = s.trim().split(['-', '_']).next()?.to_ascii_lowercase();
+        match primary.as_str() {
+            "sv" => Some(Self::Sv),
+            "en" => Some(Self::En),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Sv => "sv",
+            Self::En => "en",
+        }
+    }
+
+    /// `?lang=` first, then the best match in `Accept-Language`, then the default.
+    pub fn negotiate(lang: Option<&str>, accept_language: Option<&str>, default: &str) -> Self {
+        if let Some(l) = lang.and_then(Self::parse) {
+            return l;
+        }
+        if let Some(header) = accept_language {
+            let mut best: Option<(f32, Self)> = None;
+            for part in header.split(',').take(32) {
+                let mut it = part.split(';');
+                let tag = it.next().unwrap_or("");
+                let q = it
+                    .find_map(|p| p.trim().strip_prefix("q="))
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                if let Some(l) = Self::parse(tag)
+                    && q > 0.0
+                    && best.is_none_or(|(bq, _)| q > bq)
+                {
+                    best = Some((q, l));
+                }
+            }
+            if let Some((_, l)) = best {
+                return l;
+            }
+        }
+        Self::parse(default).unwrap_or(Self::Sv)
+    }
+}
+
+/// The text for `key` in `locale`; the key itself when unknown (a test checks
+/// that every key used exists in both languages).
+pub fn t(locale: Locale, key: &str) -> &'static str {
+    let (sv, en) = match key {
+        "mail.greeting" => ("Hej", "Hello"),
+        "mail.confirm.subject" => ("Bekräfta din prenumeration", "Confirm your subscription"),
+        "mail.confirm.intro" => (
+            "Någon, förhoppningsvis du, har anmält den här adressen till vårt nyhetsbrev. Bekräfta att du vill ha det genom att öppna länken:",
+            "Someone, hopefully you, signed this address up for our newsletter. Confirm that you want it by opening the link:",
+        ),
+        "mail.confirm.button" => ("Bekräfta prenumerationen", "Confirm the subscription"),
+        "mail.confirm.validity" => (
+            "Länken gäller i 48 timmar. Om du inte bekräftar raderas uppgifterna.",
+            "The link is valid for 48 hours. If you do not confirm, the data is deleted.",
+        ),
+        "mail.confirm.not_me" => (
+            "Var det inte du? Då kan du ignorera det här brevet, eller se till att vi aldrig skickar ett sådant igen:",
+            "Wasn't this you? Then ignore this mail, or make sure we never send you one again:",
+        ),
+        "mail.confirm.not_me_link" => ("Det var inte jag", "This wasn't me"),
+        "mail.policy" => ("Integritetspolicy", "Privacy policy"),
+        "page.check_inbox.title" => ("Kolla din inkorg", "Check your inbox"),
+        "page.check_inbox.body" => (
+            "Om adressen kan ta emot e-post från oss har vi skickat en länk. Öppna den för att bekräfta prenumerationen.",
+            "If the address can receive mail from us, we have sent a link. Open it to confirm the subscription.",
+        ),
+        "page.confirm.title" => ("Bekräfta prenumerationen", "Confirm the subscription"),
+        "page.confirm.body" => (
+            "Tryck på knappen för att bekräfta att du vill få nyhetsbrevet.",
+            "Press the button to confirm that you want the newsletter.",
+        ),
+        "page.confirm.button" => ("Bekräfta", "Confirm"),
+        "page.confirmed.title" => ("Tack!", "Thank you!"),
+        "page.confirmed.body" => (
+            "Din prenumeration är bekräftad. Varje utskick har en länk för att avsluta den.",
+            "Your subscription is confirmed. Every mailing carries a link to end it.",
+        ),
+        "page.already_confirmed.title" => ("Redan bekräftad", "Already confirmed"),
+        "page.already_confirmed.body" => (
+            "Den här prenumerationen är redan bekräftad.",
+            "This subscription is already confirmed.",
+        ),
+        "page.block.title" => ("Var det inte du?", "Wasn't this you?"),
+        "page.block.body" => (
+            "Tryck på knappen så raderar vi anmälan och skickar inga fler bekräftelsebrev till adressen.",
+            "Press the button and we delete the signup and send no more confirmation mail to the address.",
+        ),
+        "page.block.button" => ("Det var inte jag", "This wasn't me"),
+        "page.blocked.title" => ("Klart", "Done"),
+        "page.blocked.body" => (
+            "Anmälan är raderad och adressen får inga fler bekräftelsebrev från oss.",
+            "The signup is deleted and the address gets no more confirmation mail from us.",
+        ),
+        "page.expired.title" => ("Länken har gått ut", "The link has expired"),
+        "page.expired.body" => (
+            "Länken gällde i 48 timmar. Fyll i adressen igen så skickar vi en ny.",
+            "The link was valid for 48 hours. Enter the address again and we send a new one.",
+        ),
+        "page.expired.email" => ("E-postadress", "E-mail address"),
+        "page.expired.consent" => ("Jag vill få nyhetsbrevet.", "I want the newsletter."),
+        "page.expired.button" => ("Skicka en ny länk", "Send a new link"),
+        "page.not_found.title" => ("Länken fungerar inte", "The link does not work"),
+        "page.not_found.body" => (
+            "Länken är okänd eller redan använd.",
+            "The link is unknown or already used.",
+        ),
+        "page.unsubscribe.title" => ("Avsluta prenumerationen", "Unsubscribe"),
+        "page.unsubscribe.body" => (
+            "Tryck på knappen så får adressen inga fler utskick från den här listan.",
+            "Press the button and the address gets no more mailings from this list.",
+        ),
+        "page.unsubscribe.button" => ("Avsluta prenumerationen", "Unsubscribe"),
+        "page.unsubscribe.other" => ("Avsluta även", "Also leave"),
+        "page.unsubscribed.title" => ("Prenumerationen är avslutad", "You are unsubscribed"),
+        "page.unsubscribed.body" => (
+            "Adressen är borttagen från listan och får inga fler utskick därifrån.",
+            "The address is removed from the list and gets no more mailings from it.",
+        ),
+        _ => return "",
+    };
+    match locale {
+        Locale::Sv => sv,
+        Locale::En => en,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_prefers_query_then_header_then_default() {
+        assert_eq!(Locale::negotiate(Some("en"), Some("sv"), "sv"), Locale::En);
+        assert_eq!(
+            Locale::negotiate(None, Some("de, en-GB;q=0.8, sv;q=0.5"), "sv"),
+            Locale::En
+        );
+        assert_eq!(Locale::negotiate(None, Some("de"), "sv"), Locale::Sv);
+        assert_eq!(Locale::negotiate(Some("xx"), None, "en"), Locale::En);
+    }
+
+    #[test]
+    fn every_key_has_both_languages() {
+        for key in [
+            "mail.greeting",
+            "mail.confirm.subject",
+            "mail.confirm.intro",
+            "mail.confirm.button",
+            "mail.confirm.validity",
+            "mail.confirm.not_me",
+            "mail.confirm.not_me_link",
+            "mail.policy",
+            "page.check_inbox.title",
+            "page.check_inbox.body",
+            "page.confirm.title",
+            "page.confirm.body",
+            "page.confirm.button",
+            "page.confirmed.title",
+            "page.confirmed.body",
+            "page.already_confirmed.title",
+            "page.already_confirmed.body",
+            "page.block.title",
+            "page.block.body",
+            "page.block.button",
+            "page.blocked.title",
+            "page.blocked.body",
+            "page.expired.title",
+            "page.expired.body",
+            "page.expired.email",
+            "page.expired.consent",
+            "page.expired.button",
+            "page.not_found.title",
+            "page.not_found.body",
+        ] {
+            assert!(!t(Locale::Sv, key).is_empty(), "{key}");
+            assert!(!t(Locale::En, key).is_empty(), "{key}");
+        }
+    }
+}

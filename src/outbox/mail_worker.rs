@@ -1,0 +1,155 @@
+//! Sends queued mail. `try_execute_task` does one job and says whether there was
+//! one, so tests drive the worker step by step; the loop sleeps only when the
+//! queue is empty.
+use std::time::Duration;
+
+use crate::shutdown::Shutdown;
+use serde::{Deserialize, Serialize};
+
+use super::{ClaimedJob, ExecutionOutcome, JobFailure, JobKind, claim, complete_many, fail};
+use crate::{
+    i18n::Locale,
+    mail::{ConfirmationMail, MailError, render_confirmation},
+    secrets::log_id,
+    state::AppState,
+};
+
+/// A queued mail. It holds the address and the raw token until it is sent; the
+/// payload is cleared the moment the job is done.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "template", rename_all = "snake_case")]
+pub enum MailJob {
+    Confirm {
+        to: String,
+        name: Option<String>,
+        list: String,
+        token: String,
+        locale: String,
+    },
+}
+
+/// Claims one due mail job and sends it.
+#[tracing::instrument(skip_all)]
+pub async fn try_execute_task(state: &AppState) -> anyhow::Result<ExecutionOutcome> {
+    Ok(match execute_batch(state, 1).await? {
+        0 => ExecutionOutcome::EmptyQueue,
+        _ => ExecutionOutcome::TaskCompleted,
+    })
+}
+
+/// How many mails one worker sends at once.
+const PARALLEL_SENDS: usize = 8;
+
+/// Claims up to `limit` due mail jobs, sends them (a few at a time) and
+/// records the outcomes; returns how many jobs it took.
+pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize> {
+    use futures_util::StreamExt;
+
+    let jobs = claim(&state.db, JobKind::Mail, limit, state.now()).await?;
+    let n = jobs.len();
+    let results: Vec<(ClaimedJob, Result<(), JobFailure>)> = futures_util::stream::iter(jobs)
+        .map(|job| async move {
+            let result = match job.payload.as_deref().map(serde_json::from_str::<MailJob>) {
+                Some(Ok(mail)) => send(state, mail).await,
+                Some(Err(e)) => Err(JobFailure::Permanent(format!("unreadable payload: {e}"))),
+                None => Err(JobFailure::Permanent("payload was cleared".into())),
+            };
+            (job, result)
+        })
+        .buffer_unordered(PARALLEL_SENDS)
+        .collect()
+        .await;
+    let now = state.now();
+    let mut done = Vec::new();
+    for (job, result) in results {
+        let subject = job
+            .subject_hash
+            .as_deref()
+            .map(log_id)
+            .unwrap_or("-")
+            .to_string();
+        match result {
+            Ok(()) => {
+                tracing::info!(job = job.id, subject = %subject, "mail sent");
+                done.push(job.id);
+            }
+            Err(failure) => {
+                let (kind, msg) = match &failure {
+                    JobFailure::Retry(m) => ("retry", m.clone()),
+                    JobFailure::Permanent(m) => ("permanent", m.clone()),
+                };
+                tracing::warn!(job = job.id, subject = %subject, failure = kind, error = %msg, "mail not sent");
+                fail(
+                    &state.db,
+                    &job,
+                    failure,
+                    state.config.mail.max_attempts,
+                    now,
+                )
+                .await?;
+            }
+        }
+    }
+    complete_many(&state.db, &done, now).await?;
+    Ok(n)
+}
+
+async fn send(state: &AppState, job: MailJob) -> Result<(), JobFailure> {
+    let mail = match job {
+        MailJob::Confirm {
+            to,
+            name,
+            list,
+            token,
+            locale,
+        } => {
+            let locale = Locale::parse(&locale).unwrap_or(Locale::Sv);
+            let list_name = state
+                .config
+                .list(&list)
+                .map(|l| l.name.clone())
+                .unwrap_or(list);
+            let base = state.config.public_base();
+            let lang = locale.code();
+            let confirm_url = format!("{base}/v1/subscriptions/confirm?token={token}&lang={lang}");
+            let block_url = format!("{base}/v1/subscriptions/block?token={token}&lang={lang}");
+            render_confirmation(
+                &state.templates,
+                &state.config,
+                &ConfirmationMail {
+                    to: &to,
+                    name: name.as_deref(),
+                    list_name: &list_name,
+                    confirm_url: &confirm_url,
+                    block_url: &block_url,
+                    locale,
+                },
+            )
+            .map_err(|e| JobFailure::Permanent(format!("render: {e}")))?
+        }
+    };
+    state.mailer.send(&mail).await.map_err(|e| match e {
+        MailError::Transient(m) => JobFailure::Retry(m),
+        MailError::Permanent(m) => JobFailure::Permanent(m),
+    })
+}
+
+/// Runs until `shutdown` fires: works while there is work, then waits for a
+/// wake-up (a commit that queued mail) or a poll interval.
+pub async fn run(state: AppState, mut shutdown: Shutdown) {
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        match execute_batch(&state, 32).await {
+            Ok(0) => {}
+            Ok(_) => continue,
+            Err(e) => tracing::error!(error = %e, "mail worker step failed"),
+        }
+        tokio::select! {
+            _ = state.outbox_notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}

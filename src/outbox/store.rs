@@ -1,0 +1,201 @@
+//! The outbox table: enqueue, claim, complete, fail. Claiming uses
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL so that several replicas can work one
+//! outbox; SQLite has one writer and needs no such clause.
+use chrono::{DateTime, Utc};
+use entity::outbox;
+use rand::Rng;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, Set, Statement, sea_query::Expr,
+};
+
+/// The kinds of work the outbox carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// A mail to send (payload: [`crate::outbox::mail_worker::MailJob`]).
+    Mail,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mail => "mail",
+        }
+    }
+}
+
+/// How long a claimed job stays ours before another worker may take it over
+/// (a worker that died mid-job is recovered this way).
+const LEASE: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Queues a job inside the caller's transaction.
+pub async fn enqueue<C: ConnectionTrait>(
+    conn: &C,
+    kind: JobKind,
+    payload: &serde_json::Value,
+    subject_hash: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<i64, DbErr> {
+    let row = job_model(kind, payload, subject_hash, now)
+        .insert(conn)
+        .await?;
+    Ok(row.id)
+}
+
+/// The row of a new job, for single and batched inserts.
+pub fn job_model(
+    kind: JobKind,
+    payload: &serde_json::Value,
+    subject_hash: Option<&str>,
+    now: DateTime<Utc>,
+) -> outbox::ActiveModel {
+    outbox::ActiveModel {
+        kind: Set(kind.as_str().to_string()),
+        status: Set("pending".into()),
+        payload: Set(Some(payload.to_string())),
+        subject_hash: Set(subject_hash.map(str::to_string)),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        locked_until: Set(None),
+        last_error: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+}
+
+/// A job this worker now holds.
+#[derive(Debug, FromQueryResult)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Option<String>,
+    pub subject_hash: Option<String>,
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` due jobs of `kind`: pending ones whose time has come,
+/// and in-flight ones whose lease ran out.
+pub async fn claim<C: ConnectionTrait>(
+    conn: &C,
+    kind: JobKind,
+    limit: u32,
+    now: DateTime<Utc>,
+) -> Result<Vec<ClaimedJob>, DbErr> {
+    let backend = conn.get_database_backend();
+    let lock = if backend == DbBackend::Postgres {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE outbox SET status = 'in_flight', locked_until = $1, updated_at = $2 \
+         WHERE id IN (SELECT id FROM outbox WHERE kind = $3 AND \
+           ((status = 'pending' AND next_attempt_at <= $2) OR (status = 'in_flight' AND locked_until <= $2)) \
+           ORDER BY id LIMIT $4 {lock}) \
+         RETURNING id, kind, payload, subject_hash, attempts"
+    );
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            (now + LEASE).into(),
+            now.into(),
+            kind.as_str().into(),
+            i64::from(limit).into(),
+        ],
+    );
+    let rows = conn.query_all_raw(stmt).await?;
+    rows.iter()
+        .map(|r| ClaimedJob::from_query_result(r, ""))
+        .collect()
+}
+
+/// Marks a job done and clears its payload.
+pub async fn complete<C: ConnectionTrait>(
+    conn: &C,
+    id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let stmt = Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
+        [now.into(), id.into()],
+    );
+    conn.execute_raw(stmt).await?;
+    Ok(())
+}
+
+/// Marks several jobs done and clears their payloads, in one statement.
+pub async fn complete_many<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox::Entity::update_many()
+        .col_expr(outbox::Column::Status, Expr::value("done"))
+        .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))
+        .col_expr(
+            outbox::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            outbox::Column::LastError,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
+        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Why a job failed.
+pub enum JobFailure {
+    /// Try again later, with backoff.
+    Retry(String),
+    /// Never going to work: dead-letter now.
+    Permanent(String),
+}
+
+/// Backoff before attempt `attempts + 1`: exponential from 5 s, capped at an
+/// hour, with full jitter over its upper half.
+pub fn backoff(attempts: i32) -> chrono::Duration {
+    let base = 5i64.saturating_mul(1i64 << attempts.clamp(0, 20)).min(3600);
+    let jitter = rand::thread_rng().gen_range(0..=base / 2);
+    chrono::Duration::seconds(base / 2 + jitter)
+}
+
+/// Records a failed attempt: back to pending with a later time, or dead when the
+/// budget is spent or the failure is permanent. The payload is kept for a
+/// dead letter, so that it can be retried.
+pub async fn fail<C: ConnectionTrait>(
+    conn: &C,
+    job: &ClaimedJob,
+    failure: JobFailure,
+    max_attempts: i32,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let attempts = job.attempts + 1;
+    let (status, error, next) = match failure {
+        JobFailure::Retry(e) if attempts < max_attempts => ("pending", e, now + backoff(attempts)),
+        JobFailure::Retry(e) | JobFailure::Permanent(e) => ("dead", e, now),
+    };
+    let stmt = Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        "UPDATE outbox SET status = $1, attempts = $2, last_error = $3, next_attempt_at = $4, locked_until = NULL, updated_at = $5 WHERE id = $6",
+        [
+            status.into(),
+            attempts.into(),
+            error.into(),
+            next.into(),
+            now.into(),
+            job.id.into(),
+        ],
+    );
+    conn.execute_raw(stmt).await?;
+    Ok(())
+}

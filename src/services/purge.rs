@@ -1,0 +1,198 @@
+//! The retention purge: deletes, in batches, what the privacy policy says must
+//! not be kept any longer. Every statement is idempotent, so several replicas
+//! may run it at once.
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, Statement};
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// How many rows each class lost (or would lose, on a dry run).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    pub suppressions: u64,
+    pub consent_events: u64,
+    pub pending_subscriptions: u64,
+    pub subscribers: u64,
+    pub tokens: u64,
+    pub outbox: u64,
+    pub address_limits: u64,
+}
+
+const BATCH: i64 = 1000;
+
+/// How long finished bookkeeping is kept: a used confirmation token answers
+/// "already confirmed" for a day; finished jobs stay visible for a day.
+fn bookkeeping_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::days(1)
+}
+
+struct Class {
+    name: &'static str,
+    /// `SELECT <key> ...` of what is due; `:now` is now, `:pending` the
+    /// pending cutoff, `:book` the bookkeeping cutoff.
+    due: &'static str,
+    table: &'static str,
+    key: &'static str,
+}
+
+/// In order: a pending subscription's consent rows go before it, orphaned
+/// subscribers after it, detached consent rows after their suppression entry.
+const CLASSES: &[Class] = &[
+    Class {
+        name: "suppressions",
+        table: "suppressions",
+        key: "id",
+        due: "SELECT id FROM suppressions WHERE expires_at <= :now",
+    },
+    Class {
+        name: "consent_events",
+        table: "consent_events",
+        key: "id",
+        due: "SELECT c.id FROM consent_events c LEFT JOIN subscriptions s ON s.id = c.subscription_id \
+              WHERE (c.subscription_id IS NULL AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = c.email_hash AND x.expires_at > :now)) \
+                 OR (s.status = 'pending' AND s.pending_expires_at <= :pending)",
+    },
+    Class {
+        name: "pending_subscriptions",
+        table: "subscriptions",
+        key: "id",
+        due: "SELECT id FROM subscriptions WHERE status = 'pending' AND pending_expires_at <= :pending",
+    },
+    Class {
+        name: "subscribers",
+        table: "subscribers",
+        key: "id",
+        due: "SELECT p.id FROM subscribers p WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.subscriber_id = p.id)",
+    },
+    Class {
+        name: "tokens",
+        table: "tokens",
+        key: "id",
+        due: "SELECT id FROM tokens WHERE used_at <= :book OR expires_at <= :pending",
+    },
+    Class {
+        name: "outbox",
+        table: "outbox",
+        key: "id",
+        due: "SELECT id FROM outbox WHERE status IN ('done', 'cancelled') AND updated_at <= :book",
+    },
+    Class {
+        name: "address_limits",
+        table: "address_limits",
+        key: "email_hash",
+        due: "SELECT email_hash FROM address_limits WHERE last_sent_at <= :book",
+    },
+];
+
+impl PurgeReport {
+    fn add(&mut self, class: &str, n: u64) {
+        let slot = match class {
+            "suppressions" => &mut self.suppressions,
+            "consent_events" => &mut self.consent_events,
+            "pending_subscriptions" => &mut self.pending_subscriptions,
+            "subscribers" => &mut self.subscribers,
+            "tokens" => &mut self.tokens,
+            "outbox" => &mut self.outbox,
+            _ => &mut self.address_limits,
+        };
+        *slot += n;
+    }
+
+    /// `(class, rows)` pairs, for printing.
+    pub fn rows(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("suppressions", self.suppressions),
+            ("consent_events", self.consent_events),
+            ("pending_subscriptions", self.pending_subscriptions),
+            ("subscribers", self.subscribers),
+            ("tokens", self.tokens),
+            ("outbox", self.outbox),
+            ("address_limits", self.address_limits),
+        ]
+    }
+}
+
+/// Replaces `:name` placeholders with `$N` and lists the values in order.
+fn bind(template: &str, named: &[(&str, sea_orm::Value)]) -> (String, Vec<sea_orm::Value>) {
+    let mut sql = template.to_string();
+    let mut values = Vec::new();
+    for (name, value) in named {
+        let placeholder = format!(":{name}");
+        if sql.contains(&placeholder) {
+            values.push(value.clone());
+            sql = sql.replace(&placeholder, &format!("${}", values.len()));
+        }
+    }
+    (sql, values)
+}
+
+/// Runs the purge (or, with `dry_run`, counts what it would delete).
+/// `progress` hears each batch.
+#[tracing::instrument(skip_all, fields(dry_run))]
+pub async fn purge(
+    state: &AppState,
+    dry_run: bool,
+    mut progress: impl FnMut(&str, u64),
+) -> anyhow::Result<PurgeReport> {
+    let now = state.now();
+    let named: Vec<(&str, sea_orm::Value)> = vec![
+        ("now", now.into()),
+        (
+            "pending",
+            state.config.retention.pending_grace.before(now).into(),
+        ),
+        ("book", bookkeeping_cutoff(now).into()),
+        ("limit", BATCH.into()),
+    ];
+    let db = &state.db;
+    let backend = db.get_database_backend();
+    let mut report = PurgeReport::default();
+    for class in CLASSES {
+        if dry_run {
+            let (sql, values) = bind(
+                &format!("SELECT COUNT(*) AS n FROM ({}) due", class.due),
+                &named,
+            );
+            let row = db
+                .query_one_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+            let n: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+            report.add(class.name, n as u64);
+            progress(class.name, n as u64);
+            continue;
+        }
+        let (sql, values) = bind(
+            &format!(
+                "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM ({due}) due LIMIT :limit)",
+                table = class.table,
+                key = class.key,
+                due = class.due
+            ),
+            &named,
+        );
+        loop {
+            let tx = state.begin_write().await?;
+            let n = tx
+                .execute_raw(Statement::from_sql_and_values(
+                    backend,
+                    sql.clone(),
+                    values.clone(),
+                ))
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            report.add(class.name, n);
+            if n > 0 {
+                progress(class.name, n);
+            }
+            if n < BATCH as u64 {
+                break;
+            }
+        }
+    }
+    if !dry_run {
+        tracing::info!(report = ?report, "purge finished");
+    }
+    Ok(report)
+}

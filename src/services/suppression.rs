@@ -1,0 +1,295 @@
+//! The suppression list: keyed address hashes, scoped to one list or all (`*`),
+//! each with a reason, a source and an expiry. An entry stops counting at its
+//! `expires_at`; the purge deletes it physically.
+use chrono::{DateTime, Utc};
+use entity::suppression;
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set,
+    sea_query::OnConflict,
+};
+
+use crate::config::Config;
+
+/// Scope value that means "every list".
+pub const ALL_LISTS: &str = "*";
+
+/// Why an address is suppressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Unsubscribed,
+    Bounce,
+    Complaint,
+    Blocked,
+    Manual,
+    Erased,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsubscribed => "unsubscribed",
+            Self::Bounce => "bounce",
+            Self::Complaint => "complaint",
+            Self::Blocked => "blocked",
+            Self::Manual => "manual",
+            Self::Erased => "erased",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "unsubscribed" => Self::Unsubscribed,
+            "bounce" => Self::Bounce,
+            "complaint" => Self::Complaint,
+            "blocked" => Self::Blocked,
+            "manual" => Self::Manual,
+            "erased" => Self::Erased,
+            _ => return None,
+        })
+    }
+
+    /// After these the person may opt in again; confirming removes the entry.
+    pub fn allows_opt_in(self) -> bool {
+        matches!(self, Self::Unsubscribed | Self::Erased)
+    }
+}
+
+/// Where a suppression came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    OneClick,
+    Link,
+    Admin,
+    Mailchimp,
+    Mandrill,
+    Reconcile,
+    PrivacyRequest,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneClick => "one_click",
+            Self::Link => "link",
+            Self::Admin => "admin",
+            Self::Mailchimp => "mailchimp",
+            Self::Mandrill => "mandrill",
+            Self::Reconcile => "reconcile",
+            Self::PrivacyRequest => "privacy_request",
+        }
+    }
+}
+
+/// The entries that count for `list` now: scoped to it or to all lists.
+pub async fn active_for<C: ConnectionTrait>(
+    conn: &C,
+    email_hash: &str,
+    list: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<suppression::Model>, DbErr> {
+    suppression::Entity::find()
+        .filter(suppression::Column::EmailHash.eq(email_hash))
+        .filter(
+            Condition::any()
+                .add(suppression::Column::Scope.eq(list))
+                .add(suppression::Column::Scope.eq(ALL_LISTS)),
+        )
+        .filter(suppression::Column::ExpiresAt.gt(now))
+        .all(conn)
+        .await
+}
+
+/// Whether an entry for `list` forbids sending a confirmation mail.
+pub async fn blocks_opt_in<C: ConnectionTrait>(
+    conn: &C,
+    email_hash: &str,
+    list: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    Ok(active_for(conn, email_hash, list, now)
+        .await?
+        .iter()
+        .any(|e| Reason::parse(&e.reason).is_none_or(|r| !r.allows_opt_in())))
+}
+
+/// Writes (or renews) an entry; its expiry follows `retention`.
+#[allow(clippy::too_many_arguments)]
+pub async fn add<C: ConnectionTrait>(
+    conn: &C,
+    config: &Config,
+    email_hash: &str,
+    scope: &str,
+    reason: Reason,
+    source: Source,
+    mailchimp_hash: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let expires_at = config.suppression_retention(reason.as_str()).after(now);
+    let row = suppression::ActiveModel {
+        email_hash: Set(email_hash.to_string()),
+        scope: Set(scope.to_string()),
+        reason: Set(reason.as_str().to_string()),
+        source: Set(source.as_str().to_string()),
+        created_at: Set(now),
+        expires_at: Set(expires_at),
+        mailchimp_hash: Set(mailchimp_hash),
+        ..Default::default()
+    };
+    suppression::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([suppression::Column::EmailHash, suppression::Column::Scope])
+                .update_columns([
+                    suppression::Column::Reason,
+                    suppression::Column::Source,
+                    suppression::Column::CreatedAt,
+                    suppression::Column::ExpiresAt,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
+/// Removes the entries that a new confirmation for `list` lifts: those that
+/// allow opting in again, scoped to the list or to all lists.
+pub async fn lift_on_confirm<C: ConnectionTrait>(
+    conn: &C,
+    email_hash: &str,
+    list: &str,
+) -> Result<(), DbErr> {
+    suppression::Entity::delete_many()
+        .filter(suppression::Column::EmailHash.eq(email_hash))
+        .filter(
+            Condition::any()
+                .add(suppression::Column::Scope.eq(list))
+                .add(suppression::Column::Scope.eq(ALL_LISTS)),
+        )
+        .filter(
+            suppression::Column::Reason
+                .is_in([Reason::Unsubscribed.as_str(), Reason::Erased.as_str()]),
+        )
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// One address's answer to a bulk check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub suppressed: bool,
+    pub reason: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub subscribed: bool,
+    pub restricted: bool,
+}
+
+impl CheckResult {
+    /// Senders mail only where this is true.
+    pub fn mailable(&self) -> bool {
+        self.subscribed && !self.suppressed && !self.restricted
+    }
+}
+
+/// Checks many address hashes at once for `list` (or any list when `None`).
+/// Answers in the order given.
+pub async fn check_many<C: ConnectionTrait>(
+    conn: &C,
+    list: Option<&str>,
+    hashes: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<CheckResult>, DbErr> {
+    use std::collections::HashMap;
+
+    use entity::{subscriber, subscription};
+    use sea_orm::QuerySelect;
+
+    const CHUNK: usize = 500;
+    let mut supp: HashMap<&str, suppression::Model> = HashMap::new();
+    let mut subscribed: HashMap<String, bool> = HashMap::new();
+    let mut restricted: HashMap<String, bool> = HashMap::new();
+    let mut unique: Vec<&String> = hashes.iter().collect();
+    unique.sort();
+    unique.dedup();
+    let mut found = Vec::new();
+    for chunk in unique.chunks(CHUNK) {
+        let mut q = suppression::Entity::find()
+            .filter(suppression::Column::EmailHash.is_in(chunk.iter().map(|s| s.as_str())))
+            .filter(suppression::Column::ExpiresAt.gt(now));
+        if let Some(l) = list {
+            q = q.filter(
+                Condition::any()
+                    .add(suppression::Column::Scope.eq(l))
+                    .add(suppression::Column::Scope.eq(ALL_LISTS)),
+            );
+        }
+        found.extend(q.all(conn).await?);
+
+        let people: Vec<(i64, String, bool)> = subscriber::Entity::find()
+            .select_only()
+            .column(subscriber::Column::Id)
+            .column(subscriber::Column::EmailHash)
+            .column(subscriber::Column::Restricted)
+            .filter(subscriber::Column::EmailHash.is_in(chunk.iter().map(|s| s.as_str())))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        if people.is_empty() {
+            continue;
+        }
+        let by_id: HashMap<i64, &String> = people.iter().map(|(id, h, _)| (*id, h)).collect();
+        for (_, h, r) in &people {
+            restricted.insert(h.clone(), *r);
+        }
+        let mut sq = subscription::Entity::find()
+            .select_only()
+            .column(subscription::Column::SubscriberId)
+            .filter(subscription::Column::SubscriberId.is_in(by_id.keys().copied()))
+            .filter(subscription::Column::Status.eq("confirmed"));
+        if let Some(l) = list {
+            sq = sq.filter(subscription::Column::ListSlug.eq(l));
+        }
+        let ids: Vec<i64> = sq.into_tuple().all(conn).await?;
+        for id in ids {
+            if let Some(h) = by_id.get(&id) {
+                subscribed.insert((*h).clone(), true);
+            }
+        }
+    }
+    for e in &found {
+        // With several entries, report the one that lasts longest.
+        match supp.get(e.email_hash.as_str()) {
+            Some(prev) if prev.expires_at >= e.expires_at => {}
+            _ => {
+                supp.insert(e.email_hash.as_str(), e.clone());
+            }
+        }
+    }
+    Ok(hashes
+        .iter()
+        .map(|h| {
+            let s = supp.get(h.as_str());
+            CheckResult {
+                suppressed: s.is_some(),
+                reason: s.map(|e| e.reason.clone()),
+                expires_at: s.map(|e| e.expires_at),
+                subscribed: subscribed.contains_key(h),
+                restricted: restricted.get(h).copied().unwrap_or(false),
+            }
+        })
+        .collect())
+}
+
+/// Removes entries for an address: one scope, or all of them.
+pub async fn remove<C: ConnectionTrait>(
+    conn: &C,
+    email_hash: &str,
+    scope: Option<&str>,
+) -> Result<u64, DbErr> {
+    let mut q =
+        suppression::Entity::delete_many().filter(suppression::Column::EmailHash.eq(email_hash));
+    if let Some(s) = scope {
+        q = q.filter(suppression::Column::Scope.eq(s));
+    }
+    Ok(q.exec(conn).await?.rows_affected)
+}

@@ -1,0 +1,176 @@
+//! Unsubscribing: the subscription leaves the active list at once, the
+//! subscriber goes when no subscription remains, the consent record stays as
+//! proof but only under the address hash, and a suppression entry makes sure
+//! no further mailing happens for its month. One transaction, outbox included.
+use chrono::{DateTime, Utc};
+use entity::{consent_event, outbox, subscriber, subscription};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QueryOrder, Set, sea_query::Expr,
+};
+
+use super::suppression::{self, ALL_LISTS, Reason, Source};
+use crate::{outbox::mail_worker::MailJob, secrets::log_id, state::AppState};
+
+/// Which lists to leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    List(String),
+    /// Every list of the address (an administrator acting on a request).
+    AllLists,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubscribeOutcome {
+    /// The lists the address was on and has left now.
+    pub left: Vec<String>,
+}
+
+/// Unsubscribes the address behind `email_hash`.
+#[tracing::instrument(skip_all, fields(subject = log_id(email_hash)))]
+pub async fn unsubscribe(
+    state: &AppState,
+    email_hash: &str,
+    scope: &Scope,
+    source: Source,
+) -> anyhow::Result<UnsubscribeOutcome> {
+    let now = state.now();
+    let tx = state.begin_write().await?;
+    let outcome = unsubscribe_in(state, &*tx, email_hash, scope, source, now).await?;
+    tx.commit().await?;
+    tracing::info!(lists = ?outcome.left, source = source.as_str(), "unsubscribed");
+    Ok(outcome)
+}
+
+/// The same inside the caller's transaction.
+pub async fn unsubscribe_in<C: ConnectionTrait>(
+    state: &AppState,
+    conn: &C,
+    email_hash: &str,
+    scope: &Scope,
+    source: Source,
+    now: DateTime<Utc>,
+) -> Result<UnsubscribeOutcome, DbErr> {
+    let person = subscriber::Entity::find()
+        .filter(subscriber::Column::EmailHash.eq(email_hash))
+        .one(conn)
+        .await?;
+    let mut left = Vec::new();
+    if let Some(person) = &person {
+        let mut q =
+            subscription::Entity::find().filter(subscription::Column::SubscriberId.eq(person.id));
+        if let Scope::List(list) = scope {
+            q = q.filter(subscription::Column::ListSlug.eq(list));
+        }
+        for sub in q
+            .order_by_asc(subscription::Column::ListSlug)
+            .all(conn)
+            .await?
+        {
+            // Detach the consent record: it stays, keyed by the address hash,
+            // until the suppression entry expires.
+            consent_event::Entity::update_many()
+                .col_expr(
+                    consent_event::Column::SubscriptionId,
+                    Expr::value(Option::<i64>::None),
+                )
+                .filter(consent_event::Column::SubscriptionId.eq(sub.id))
+                .exec(conn)
+                .await?;
+            if sub.status != "confirmed" {
+                // An unconfirmed signup gave no consent worth keeping.
+                consent_event::Entity::delete_many()
+                    .filter(consent_event::Column::EmailHash.eq(email_hash))
+                    .filter(consent_event::Column::ListSlug.eq(&sub.list_slug))
+                    .filter(consent_event::Column::SubscriptionId.is_null())
+                    .filter(consent_event::Column::Kind.eq("requested"))
+                    .filter(consent_event::Column::OccurredAt.gte(sub.created_at))
+                    .exec(conn)
+                    .await?;
+            }
+            subscription::Entity::delete_by_id(sub.id)
+                .exec(conn)
+                .await?;
+            left.push(sub.list_slug);
+        }
+    }
+    let remaining = match &person {
+        Some(p) => {
+            subscription::Entity::find()
+                .filter(subscription::Column::SubscriberId.eq(p.id))
+                .count(conn)
+                .await?
+        }
+        None => 0,
+    };
+    if let Some(p) = &person
+        && remaining == 0
+    {
+        subscriber::Entity::delete_by_id(p.id).exec(conn).await?;
+    }
+    cancel_jobs_about(conn, email_hash, scope, remaining == 0, now).await?;
+
+    // The suppression entries: one per list left, or per requested list; an
+    // administrator acting for all lists of an unknown address suppresses all.
+    let scopes: Vec<String> = match scope {
+        Scope::List(l) => vec![l.clone()],
+        Scope::AllLists if left.is_empty() => vec![ALL_LISTS.to_string()],
+        Scope::AllLists => left.clone(),
+    };
+    let mailchimp_hash = None;
+    for s in scopes {
+        let active = suppression::active_for(conn, email_hash, &s, now)
+            .await?
+            .into_iter()
+            .any(|e| e.scope == s);
+        if !active {
+            suppression::add(
+                conn,
+                &state.config,
+                email_hash,
+                &s,
+                Reason::Unsubscribed,
+                source,
+                mailchimp_hash.clone(),
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(UnsubscribeOutcome { left })
+}
+
+/// Cancels unsent jobs that still hold the address: all of them when the
+/// subscriber is gone, else those for the lists left.
+async fn cancel_jobs_about<C: ConnectionTrait>(
+    conn: &C,
+    email_hash: &str,
+    scope: &Scope,
+    subscriber_gone: bool,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let jobs = outbox::Entity::find()
+        .filter(outbox::Column::SubjectHash.eq(email_hash))
+        .filter(outbox::Column::Status.is_in(["pending", "in_flight", "dead"]))
+        .all(conn)
+        .await?;
+    for job in jobs {
+        let concerns_scope = match (scope, job.payload.as_deref()) {
+            (Scope::AllLists, _) => true,
+            (Scope::List(l), Some(p)) => match serde_json::from_str::<MailJob>(p) {
+                Ok(MailJob::Confirm { list, .. }) => &list == l,
+                Err(_) => false,
+            },
+            (Scope::List(_), None) => false,
+        };
+        if subscriber_gone || concerns_scope {
+            let mut am = job.into_active_model();
+            am.status = Set("cancelled".into());
+            am.payload = Set(None);
+            am.locked_until = Set(None);
+            am.updated_at = Set(now);
+            am.update(conn).await?;
+        }
+    }
+    Ok(())
+}

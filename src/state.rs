@@ -1,0 +1,148 @@
+//! The application state every handler, service and worker shares.
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, OnceLock},
+};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
+
+use crate::{
+    batch::{BatchFn, Batcher},
+    clock::SharedClock,
+    config::Config,
+    db,
+    mail::{MailTransport, Templates},
+    secrets::Keys,
+    services::subscribe::{SignupJob, SubscribeOutcome, subscribe_batch},
+};
+
+pub type AppState = Arc<State>;
+
+pub struct State {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub clock: SharedClock,
+    pub keys: Keys,
+    pub mailer: Arc<dyn MailTransport>,
+    pub templates: Templates,
+    /// Woken after a commit that queued outbox work.
+    pub outbox_notify: Notify,
+    /// Per-IP limit on subscribe and privacy requests.
+    pub ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    pub http: reqwest::Client,
+    /// SQLite has a single writer: serialising write transactions in-process
+    /// avoids "database is locked" when two deferred transactions both upgrade.
+    sqlite_write_lock: Option<Arc<Mutex<()>>>,
+    /// The signup batcher, started by [`State::start_batchers`].
+    signups: OnceLock<Batcher<SignupJob, SubscribeOutcome>>,
+}
+
+/// A write transaction; on SQLite it also holds the in-process write lock.
+pub struct WriteTx {
+    pub txn: DatabaseTransaction,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &Self::Target {
+        &self.txn
+    }
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sea_orm::DbErr> {
+        self.txn.commit().await
+    }
+}
+
+impl State {
+    pub fn new(
+        config: Arc<Config>,
+        db: DatabaseConnection,
+        clock: SharedClock,
+        keys: Keys,
+        mailer: Arc<dyn MailTransport>,
+    ) -> anyhow::Result<Self> {
+        let per_minute = NonZeroU32::new(config.limits.subscribe_per_ip_per_minute.max(1))
+            .unwrap_or(NonZeroU32::MIN);
+        let sqlite_write_lock = (!db::is_postgres(&db)).then(|| Arc::new(Mutex::new(())));
+        Ok(Self {
+            templates: Templates::new()?,
+            config,
+            db,
+            clock,
+            keys,
+            mailer,
+            outbox_notify: Notify::new(),
+            ip_limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()?,
+            sqlite_write_lock,
+            signups: OnceLock::new(),
+        })
+    }
+
+    /// Starts the writer tasks that coalesce concurrent writes. PostgreSQL
+    /// gets a few writers so that round trips overlap; SQLite has one writer.
+    pub fn start_batchers(self: &Arc<Self>) {
+        let writers = if self.sqlite_write_lock.is_some() {
+            1
+        } else {
+            4
+        };
+        let weak = Arc::downgrade(self);
+        let work: BatchFn<SignupJob, SubscribeOutcome> = Arc::new(move |jobs| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(state) => subscribe_batch(&state, jobs).await,
+                    None => jobs
+                        .iter()
+                        .map(|_| Err(anyhow::anyhow!("shutting down")))
+                        .collect(),
+                }
+            })
+        });
+        let _ = self.signups.set(Batcher::start(writers, 64, work));
+    }
+
+    pub fn signups(&self) -> &Batcher<SignupJob, SubscribeOutcome> {
+        self.signups
+            .get()
+            .expect("start_batchers runs when the state is built")
+    }
+
+    /// Begins a write transaction.
+    pub async fn begin_write(&self) -> Result<WriteTx, sea_orm::DbErr> {
+        let guard = match &self.sqlite_write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        // On SQLite, IMMEDIATE takes the write lock up front, so the busy
+        // timeout applies instead of a failed upgrade halfway through.
+        let txn = match &self.sqlite_write_lock {
+            Some(_) => {
+                self.db
+                    .begin_with_options(TransactionOptions {
+                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    })
+                    .await?
+            }
+            None => self.db.begin().await?,
+        };
+        Ok(WriteTx { txn, _guard: guard })
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+}
