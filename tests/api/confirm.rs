@@ -1,0 +1,202 @@
+use crate::helpers::{spawn_app, token_of};
+
+#[tokio::test]
+async fn get_on_the_link_changes_nothing_and_post_confirms() {
+    let app = spawn_app().await;
+    let link = app.confirmation_link("click@example.org").await;
+
+    let page = app.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<form method=\"post\""));
+    assert!(html.contains(&token_of(&link)));
+    // Mail scanners follow GET links: a second and third GET change nothing either.
+    app.http.get(&link).send().await.unwrap();
+    assert_eq!(
+        app.subscriptions_of("click@example.org").await,
+        vec![("newsletter".into(), "pending".into())]
+    );
+
+    // The page's form posts the token in the body.
+    let resp = app
+        .http
+        .post(app.url("/v1/subscriptions/confirm"))
+        .form(&[("token", token_of(&link))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(
+        app.subscriptions_of("click@example.org").await,
+        vec![("newsletter".into(), "confirmed".into())]
+    );
+
+    // A second POST says so and changes nothing.
+    let again = app
+        .http
+        .post(&link)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let body: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(body["status"], "already_confirmed");
+    assert_eq!(app.count("consent_events").await, 2);
+}
+
+#[tokio::test]
+async fn confirming_answers_json_when_asked() {
+    let app = spawn_app().await;
+    let link = app.confirmation_link("json@example.org").await;
+    let resp = app
+        .http
+        .post(&link)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "confirmed");
+}
+
+#[tokio::test]
+async fn an_unknown_token_gets_a_404_page() {
+    let app = spawn_app().await;
+    let url = app.url("/v1/subscriptions/confirm?token=doesnotexist");
+    let page = app.http.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 404);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(app.http.post(&url).send().await.unwrap().status(), 404);
+    let missing = app
+        .http
+        .get(app.url("/v1/subscriptions/confirm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+}
+
+#[tokio::test]
+async fn an_expired_token_gets_a_410_page_offering_a_new_mail() {
+    let app = spawn_app().await;
+    let link = app.confirmation_link("late@example.org").await;
+    app.clock
+        .advance(chrono::Duration::hours(48) + chrono::Duration::seconds(1));
+    let page = app.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 410);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("name=\"email\""),
+        "the page asks for the address again"
+    );
+    assert!(
+        html.contains("subscriptions\""),
+        "the form posts a new signup"
+    );
+    let post = app.http.post(&link).send().await.unwrap();
+    assert_eq!(post.status(), 410);
+    assert_eq!(
+        app.subscriptions_of("late@example.org").await,
+        vec![("newsletter".into(), "pending".into())]
+    );
+    // Asking again sends a new, working link.
+    let fresh = app.confirmation_link("late@example.org").await;
+    assert_ne!(fresh, link);
+    assert_eq!(app.http.post(&fresh).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn this_was_not_me_deletes_the_signup_and_blocks_confirmation_mail() {
+    let app = spawn_app().await;
+    let link = app.confirmation_link("victim@example.org").await;
+    let block = link.replace("/confirm?", "/block?");
+
+    let page = app.http.get(&block).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        app.subscriptions_of("victim@example.org").await.len(),
+        1,
+        "GET changes nothing"
+    );
+
+    let resp = app.http.post(&block).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(app.subscriptions_of("victim@example.org").await.is_empty());
+    assert_eq!(app.count("subscribers").await, 0);
+    assert_eq!(app.count("consent_events").await, 0);
+    let rows = app
+        .query("SELECT reason, scope, source FROM suppressions", vec![])
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].try_get::<String>("", "reason").unwrap(), "blocked");
+
+    // The token is used up.
+    assert_eq!(app.http.post(&block).send().await.unwrap().status(), 404);
+    assert_eq!(app.http.post(&link).send().await.unwrap().status(), 404);
+
+    // No more confirmation mail, and the same answer as ever.
+    app.clock.advance(chrono::Duration::hours(1));
+    let resp = app.subscribe("victim@example.org").await;
+    assert_eq!(resp.status(), 202);
+    assert_eq!(app.drain_mail().await, 0);
+    assert_eq!(app.smtp.mails_to("victim@example.org").len(), 1);
+}
+
+#[tokio::test]
+async fn pages_come_in_swedish_and_english() {
+    let app = spawn_app().await;
+    let link = app.confirmation_link("lang@example.org").await;
+    let sv = app
+        .http
+        .get(&link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sv.contains("lang=\"sv\"") && sv.contains("Bekräfta"));
+    let en_url = link.replace("lang=sv", "lang=en");
+    let en = app
+        .http
+        .get(&en_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(en.contains("lang=\"en\"") && en.contains("Confirm"));
+    let no_lang = link.split("&lang").next().unwrap().to_string();
+    let by_header = app
+        .http
+        .get(&no_lang)
+        .header("accept-language", "en-GB,en;q=0.9")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(by_header.contains("lang=\"en\""));
+}

@@ -1,0 +1,133 @@
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+
+use crate::helpers::spawn_app;
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+async fn unsubscribe_at(app: &crate::helpers::TestApp, email: &str, when: DateTime<Utc>) {
+    app.clock.set(when - chrono::Duration::hours(1));
+    app.subscribe_and_confirm(email).await;
+    app.clock.set(when);
+    let url = app.unsubscribe_url("newsletter", email).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_entry_from_the_31st_of_january_stops_counting_at_the_end_of_february() {
+    let app = spawn_app().await;
+    unsubscribe_at(&app, "jan@example.org", at("2026-01-31T10:00:00Z")).await;
+
+    app.clock.set(at("2026-02-28T09:59:59Z"));
+    assert_eq!(
+        app.check(Some("newsletter"), "jan@example.org").await["suppressed"],
+        true
+    );
+    let report: serde_json::Value = app
+        .admin(Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["suppressions"], 0);
+    assert_eq!(app.count("consent_events").await, 2);
+
+    app.clock.set(at("2026-02-28T10:00:00Z"));
+    let check = app.check(Some("newsletter"), "jan@example.org").await;
+    assert_eq!(
+        check["suppressed"], false,
+        "an expired entry stops counting at once"
+    );
+
+    let dry: serde_json::Value = app
+        .admin(Method::POST, "/v1/admin/purge?dry_run=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["suppressions"], 1);
+    assert_eq!(
+        dry["consent_events"], 2,
+        "the consent rows kept under the hash go with the entry"
+    );
+    assert_eq!(
+        app.count("suppressions").await,
+        1,
+        "a dry run deletes nothing"
+    );
+
+    let report: serde_json::Value = app
+        .admin(Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["suppressions"], 1);
+    assert_eq!(report["consent_events"], 2);
+    assert_eq!(app.count("suppressions").await, 0);
+    assert_eq!(app.count("consent_events").await, 0);
+}
+
+#[tokio::test]
+async fn in_a_leap_year_the_month_ends_on_the_29th() {
+    let app = spawn_app().await;
+    unsubscribe_at(&app, "leap@example.org", at("2028-01-31T10:00:00Z")).await;
+    app.clock.set(at("2028-02-29T09:59:59Z"));
+    assert_eq!(
+        app.check(Some("newsletter"), "leap@example.org").await["suppressed"],
+        true
+    );
+    app.clock.set(at("2028-02-29T10:00:00Z"));
+    assert_eq!(
+        app.check(Some("newsletter"), "leap@example.org").await["suppressed"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn a_pending_subscription_past_expiry_and_grace_is_deleted_with_its_rows() {
+    let app = spawn_app().await;
+    app.subscribe("never@example.org").await;
+    app.drain_mail().await;
+    app.subscribe_and_confirm("kept@example.org").await;
+    // 48 h token + 7 d grace, minus a second: still there.
+    app.clock.advance(
+        chrono::Duration::hours(48) + chrono::Duration::days(7) - chrono::Duration::seconds(1),
+    );
+    app.admin(Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.subscriptions_of("never@example.org").await.len(), 1);
+
+    app.clock.advance(chrono::Duration::seconds(1));
+    let report: serde_json::Value = app
+        .admin(Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["pending_subscriptions"], 1);
+    assert_eq!(report["subscribers"], 1);
+    assert!(app.subscriptions_of("never@example.org").await.is_empty());
+    assert!(app.find_text("never@example.org").await.is_empty());
+    assert_eq!(
+        app.count("consent_events").await,
+        2,
+        "only the confirmed subscriber's"
+    );
+    assert_eq!(app.subscriptions_of("kept@example.org").await.len(), 1);
+    // Finished bookkeeping is gone as well.
+    assert_eq!(app.count("tokens").await, 0);
+    assert_eq!(app.count("outbox").await, 0);
+}
