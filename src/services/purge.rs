@@ -30,7 +30,8 @@ fn bookkeeping_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
 struct Class {
     name: &'static str,
     /// `SELECT <key> ...` of what is due; `:now` is now, `:pending` the
-    /// pending cutoff, `:book` the bookkeeping cutoff.
+    /// pending cutoff, `:book` the bookkeeping cutoff, `:dead_mail` the age at
+    /// which a dead-lettered mail job goes.
     due: &'static str,
     table: &'static str,
     key: &'static str,
@@ -63,19 +64,29 @@ const CLASSES: &[Class] = &[
         name: "subscribers",
         table: "subscribers",
         key: "id",
-        due: "SELECT p.id FROM subscribers p WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.subscriber_id = p.id)",
+        // Those left with no subscription once the pending ones above are
+        // gone (so a dry run, which deletes nothing, counts them too).
+        due: "SELECT p.id FROM subscribers p WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.subscriber_id = p.id \
+              AND NOT (s.status = 'pending' AND s.pending_expires_at <= :pending))",
     },
     Class {
         name: "tokens",
         table: "tokens",
         key: "id",
-        due: "SELECT id FROM tokens WHERE used_at <= :book OR expires_at <= :pending",
+        // An expired token stays while its pending subscription does, so it
+        // keeps answering 410 ("ask for a new mail") rather than 404.
+        due: "SELECT t.id FROM tokens t WHERE t.used_at <= :book \
+              OR (t.expires_at <= :pending AND NOT EXISTS (SELECT 1 FROM subscriptions s \
+                  WHERE s.id = t.subscription_id AND s.status = 'pending' AND s.pending_expires_at > :pending))",
     },
     Class {
         name: "outbox",
         table: "outbox",
         key: "id",
-        due: "SELECT id FROM outbox WHERE status IN ('done', 'cancelled') AND updated_at <= :book",
+        // Finished jobs after a day; a dead-lettered mail (it holds an address
+        // and a confirmation token) once that token is past expiry and grace.
+        due: "SELECT id FROM outbox WHERE (status IN ('done', 'cancelled') AND updated_at <= :book) \
+              OR (status = 'dead' AND kind = 'mail' AND updated_at <= :dead_mail)",
     },
     Class {
         name: "address_limits",
@@ -143,6 +154,15 @@ pub async fn purge(
             state.config.retention.pending_grace.before(now).into(),
         ),
         ("book", bookkeeping_cutoff(now).into()),
+        (
+            "dead_mail",
+            state
+                .config
+                .retention
+                .pending_grace
+                .before(state.config.retention.pending.before(now))
+                .into(),
+        ),
         ("limit", BATCH.into()),
     ];
     let db = &state.db;

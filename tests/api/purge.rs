@@ -109,6 +109,19 @@ async fn a_pending_subscription_past_expiry_and_grace_is_deleted_with_its_rows()
     assert_eq!(app.subscriptions_of("never@example.org").await.len(), 1);
 
     app.clock.advance(chrono::Duration::seconds(1));
+    let dry: serde_json::Value = app
+        .admin(Method::POST, "/v1/admin/purge?dry_run=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["pending_subscriptions"], 1);
+    assert_eq!(
+        dry["subscribers"], 1,
+        "a dry run counts the subscriber the pending signup leaves behind"
+    );
     let report: serde_json::Value = app
         .admin(Method::POST, "/v1/admin/purge")
         .send()
@@ -130,4 +143,50 @@ async fn a_pending_subscription_past_expiry_and_grace_is_deleted_with_its_rows()
     // Finished bookkeeping is gone as well.
     assert_eq!(app.count("tokens").await, 0);
     assert_eq!(app.count("outbox").await, 0);
+}
+
+#[tokio::test]
+async fn an_expired_link_keeps_answering_410_while_its_signup_waits() {
+    let app = spawn_app().await;
+    let first = app.confirmation_link("slow@example.org").await;
+    // The first link expires; the person asks again a day later.
+    app.clock.advance(chrono::Duration::hours(72));
+    let second = app.confirmation_link("slow@example.org").await;
+    assert_ne!(first, second);
+    // Day 10: the first link (expired on day 2) is past expiry + grace; the
+    // renewed signup (link valid until day 5) is not, until day 12.
+    app.clock.advance(chrono::Duration::days(7));
+    app.admin(Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.subscriptions_of("slow@example.org").await.len(), 1);
+    assert_eq!(
+        app.http.get(&first).send().await.unwrap().status(),
+        410,
+        "an expired link offers a new mail until its signup is purged"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_lettered_confirmation_mail_goes_with_its_signup() {
+    let app = crate::helpers::spawn_app_with(|c| c.mail.max_attempts = 1).await;
+    app.smtp.refuse_next(1);
+    app.subscribe("bounced@example.org").await;
+    app.drain_mail().await;
+    let rows = app.query("SELECT status FROM outbox", vec![]).await;
+    assert_eq!(rows[0].try_get::<String>("", "status").unwrap(), "dead");
+
+    app.clock.advance(
+        chrono::Duration::hours(48) + chrono::Duration::days(7) + chrono::Duration::seconds(1),
+    );
+    app.admin(Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.count("outbox").await, 0);
+    assert!(
+        app.find_text("bounced@example.org").await.is_empty(),
+        "no table keeps the address of a mail that was never sent"
+    );
 }
