@@ -112,7 +112,6 @@ pub fn t(locale: Locale, key: &str) -> &'static str {
             "The link was valid for 48 hours. Enter the address again and we send a new one.",
         ),
         "page.expired.email" => ("E-postadress", "E-mail address"),
-        "page.expired.consent" => ("Jag vill få nyhetsbrevet.", "I want the newsletter."),
         "page.expired.button" => ("Skicka en ny länk", "Send a new link"),
         "page.not_found.title" => ("Länken fungerar inte", "The link does not work"),
         "page.not_found.body" => (
@@ -182,7 +181,6 @@ mod tests {
             "page.expired.title",
             "page.expired.body",
             "page.expired.email",
-            "page.expired.consent",
             "page.expired.button",
             "page.not_found.title",
             "page.not_found.body",

@@ -227,14 +227,24 @@ impl SubscriptionsApi {
         PageResponse::html(status, &Page::simple(l, title, body), &self.state)
     }
 
-    fn expired_page(&self, l: Locale, list: Option<String>) -> PageResponse {
-        let list = list.unwrap_or_else(|| self.state.config.lists[0].slug.clone());
+    /// 410: the link is past its validity; a form asks for a new mail to the
+    /// same list, under that list's own consent text. A list no longer
+    /// configured gets the 404 page.
+    fn expired_page(&self, l: Locale, slug: &str) -> PageResponse {
+        let Some(list) = self.state.config.list(slug) else {
+            return self.token_page(
+                l,
+                StatusCode::NOT_FOUND,
+                "page.not_found.title",
+                "page.not_found.body",
+            );
+        };
         let page = Page::simple(l, "page.expired.title", "page.expired.body").with_form(PageForm {
             action: format!("{}/v1/subscriptions", self.state.config.public_base()),
             hidden: vec![
                 Hidden {
                     name: "list",
-                    value: list,
+                    value: list.slug.clone(),
                 },
                 Hidden {
                     name: "locale",
@@ -243,7 +253,7 @@ impl SubscriptionsApi {
             ],
             button: crate::i18n::t(l, "page.expired.button"),
             email_label: Some(crate::i18n::t(l, "page.expired.email")),
-            consent_label: Some(crate::i18n::t(l, "page.expired.consent")),
+            consent_label: Some(list.consent_text.clone()),
         });
         PageResponse::html(StatusCode::GONE, &page, &self.state)
     }
@@ -353,7 +363,7 @@ impl SubscriptionsApi {
                 "page.already_confirmed.title",
                 "page.already_confirmed.body",
             ),
-            TokenState::Expired => self.expired_page(l, None),
+            TokenState::Expired { list } => self.expired_page(l, &list),
             TokenState::Unknown => self.token_page(
                 l,
                 StatusCode::NOT_FOUND,
@@ -398,8 +408,8 @@ impl SubscriptionsApi {
                     "page.already_confirmed.body",
                 )
                 .or_json(json, outcome_json("already_confirmed")),
-            ConfirmOutcome::Expired => self
-                .expired_page(l, None)
+            ConfirmOutcome::Expired { ref list } => self
+                .expired_page(l, list)
                 .or_json(json, outcome_json("expired")),
             ConfirmOutcome::Unknown => self
                 .token_page(
@@ -433,7 +443,7 @@ impl SubscriptionsApi {
                 "page.block.body",
                 "page.block.button",
             ),
-            TokenState::Expired => self.expired_page(l, None),
+            TokenState::Expired { list } => self.expired_page(l, &list),
             TokenState::Confirmed { .. } | TokenState::Unknown => self.token_page(
                 l,
                 StatusCode::NOT_FOUND,
@@ -462,8 +472,8 @@ impl SubscriptionsApi {
             BlockOutcome::Blocked => self
                 .token_page(l, StatusCode::OK, "page.blocked.title", "page.blocked.body")
                 .or_json(json, outcome_json("blocked")),
-            BlockOutcome::Expired => self
-                .expired_page(l, None)
+            BlockOutcome::Expired { list } => self
+                .expired_page(l, &list)
                 .or_json(json, outcome_json("expired")),
             BlockOutcome::Unknown => self
                 .token_page(

@@ -30,7 +30,8 @@ pub struct Form {
     pub button: &'static str,
     /// Set on the "send a new link" form, which asks for the address again.
     pub email_label: Option<&'static str>,
-    pub consent_label: Option<&'static str>,
+    /// The list's configured consent text: the words the consent event records.
+    pub consent_label: Option<String>,
 }
 
 #[derive(Serialize)]

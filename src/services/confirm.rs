@@ -3,7 +3,7 @@
 use entity::{consent_event, subscriber, subscription, token};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, Set,
+    PaginatorTrait, QueryFilter, Set, sea_query::Expr,
 };
 
 use super::{
@@ -24,7 +24,10 @@ pub enum TokenState {
     Confirmed {
         list: String,
     },
-    Expired,
+    /// Past its validity; the page offers a new mail for this list.
+    Expired {
+        list: String,
+    },
     Unknown,
 }
 
@@ -32,14 +35,14 @@ pub enum TokenState {
 pub enum ConfirmOutcome {
     Confirmed,
     AlreadyConfirmed,
-    Expired,
+    Expired { list: String },
     Unknown,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum BlockOutcome {
     Blocked,
-    Expired,
+    Expired { list: String },
     Unknown,
 }
 
@@ -83,7 +86,7 @@ fn classify(l: &Loaded, now: chrono::DateTime<chrono::Utc>) -> TokenState {
         return TokenState::Unknown;
     }
     if l.token.expires_at <= now {
-        return TokenState::Expired;
+        return TokenState::Expired { list };
     }
     TokenState::Pending { list }
 }
@@ -110,7 +113,7 @@ pub async fn confirm(
     };
     match classify(&l, now) {
         TokenState::Unknown => return Ok(ConfirmOutcome::Unknown),
-        TokenState::Expired => return Ok(ConfirmOutcome::Expired),
+        TokenState::Expired { list } => return Ok(ConfirmOutcome::Expired { list }),
         TokenState::Confirmed { .. } => return Ok(ConfirmOutcome::AlreadyConfirmed),
         TokenState::Pending { .. } => {}
     }
@@ -125,11 +128,24 @@ pub async fn confirm(
         return Ok(ConfirmOutcome::Unknown);
     };
 
-    let mut sub = l.subscription.clone().into_active_model();
-    sub.status = Set("confirmed".into());
-    sub.confirmed_at = Set(Some(now));
-    sub.pending_expires_at = Set(None);
-    sub.update(&*tx).await?;
+    // Conditional on still being pending: of two concurrent POSTs (on
+    // PostgreSQL both may have read "pending") only one confirms and records
+    // consent; the other answers "already confirmed".
+    let changed = subscription::Entity::update_many()
+        .col_expr(subscription::Column::Status, Expr::value("confirmed"))
+        .col_expr(subscription::Column::ConfirmedAt, Expr::value(Some(now)))
+        .col_expr(
+            subscription::Column::PendingExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+        )
+        .filter(subscription::Column::Id.eq(l.subscription.id))
+        .filter(subscription::Column::Status.eq("pending"))
+        .exec(&*tx)
+        .await?
+        .rows_affected;
+    if changed == 0 {
+        return Ok(ConfirmOutcome::AlreadyConfirmed);
+    }
     let mut tok = l.token.into_active_model();
     tok.used_at = Set(Some(now));
     tok.update(&*tx).await?;
@@ -163,7 +179,7 @@ pub async fn block(state: &AppState, raw: &str) -> anyhow::Result<BlockOutcome> 
     };
     match classify(&l, now) {
         TokenState::Unknown | TokenState::Confirmed { .. } => return Ok(BlockOutcome::Unknown),
-        TokenState::Expired => return Ok(BlockOutcome::Expired),
+        TokenState::Expired { list } => return Ok(BlockOutcome::Expired { list }),
         TokenState::Pending { .. } => {}
     }
     let Some(person) = subscriber::Entity::find_by_id(l.subscription.subscriber_id)

@@ -200,3 +200,40 @@ async fn pages_come_in_swedish_and_english() {
         .unwrap();
     assert!(by_header.contains("lang=\"en\""));
 }
+
+#[tokio::test]
+async fn the_410_page_asks_again_for_the_same_list_under_its_own_consent_text() {
+    let app = crate::helpers::spawn_app_with(|c| c.lists.push(crate::helpers::second_list())).await;
+    let link = app
+        .confirmation_link_for("late@example.org", "events")
+        .await;
+    app.clock
+        .advance(chrono::Duration::hours(48) + chrono::Duration::seconds(1));
+    let page = app.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 410);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"name="list" value="events""#),
+        "the form signs up for the list of the link: {html}"
+    );
+    assert!(
+        html.contains("Tell me about events."),
+        "the checkbox shows the words the consent event will record"
+    );
+}
+
+#[tokio::test]
+async fn two_confirmations_of_one_link_record_consent_once() {
+    let app = spawn_app().await;
+    let link = app.confirmation_link("twice@example.org").await;
+    let (a, b) = tokio::join!(app.http.post(&link).send(), app.http.post(&link).send());
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 200);
+    let rows = app
+        .query(
+            "SELECT kind FROM consent_events WHERE kind = 'confirmed'",
+            vec![],
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "one confirmation, one consent event");
+}

@@ -117,6 +117,17 @@ pub async fn test_config(smtp: &FakeSmtp) -> Config {
     c
 }
 
+/// A second list, for tests that need two.
+pub fn second_list() -> listguard::config::ListConfig {
+    listguard::config::ListConfig {
+        slug: "events".into(),
+        name: "Events".into(),
+        mailchimp_list_id: None,
+        consent_text: "Tell me about events.".into(),
+        consent_version: "1".into(),
+    }
+}
+
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const SENDER_KEY: &str = "test-sender-key-0123456789";
 
