@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::suppression::{self, ALL_LISTS, Reason, Source};
-use crate::{outbox::mail_worker::MailJob, secrets::log_id, state::AppState};
+use crate::{domain::EmailAddress, outbox::mail_worker::MailJob, secrets::log_id, state::AppState};
 
 /// Which lists to leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +117,16 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
         Scope::AllLists if left.is_empty() => vec![ALL_LISTS.to_string()],
         Scope::AllLists => left.clone(),
     };
-    let mailchimp_hash = None;
+    // Kept with an entry for a Mailchimp-mapped list, so the member can be
+    // archived there when the entry expires; the address itself is not kept.
+    let member_hash = person
+        .as_ref()
+        .and_then(|p| EmailAddress::parse(&p.email).ok())
+        .map(|a| a.mailchimp_hash());
     for s in scopes {
+        let mailchimp_hash = member_hash
+            .clone()
+            .filter(|_| state.config.mailchimp_mapped(&s));
         let active = suppression::active_for(conn, email_hash, &s, now)
             .await?
             .into_iter()
@@ -131,7 +139,7 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
                 &s,
                 Reason::Unsubscribed,
                 source,
-                mailchimp_hash.clone(),
+                mailchimp_hash,
                 now,
             )
             .await?;

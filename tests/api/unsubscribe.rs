@@ -1,21 +1,10 @@
 use listguard::{
-    config::ListConfig,
     domain::{EmailAddress, UnsubscribeToken},
     secrets::parse_token_key,
 };
 use reqwest::Method;
 
-use crate::helpers::{spawn_app, spawn_app_with};
-
-fn second_list() -> ListConfig {
-    ListConfig {
-        slug: "events".into(),
-        name: "Events".into(),
-        mailchimp_list_id: None,
-        consent_text: "Tell me about events.".into(),
-        consent_version: "1".into(),
-    }
-}
+use crate::helpers::{second_list, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn one_click_unsubscribe_needs_no_cookie_and_never_redirects() {
@@ -476,5 +465,49 @@ async fn the_bulk_check_takes_ten_thousand_addresses_and_reports_bad_ones() {
         resp.status() == 400 || resp.status() == 413,
         "{}",
         resp.status()
+    );
+}
+
+#[tokio::test]
+async fn an_unsubscribe_from_a_mailchimp_list_keeps_only_the_member_hash_for_later() {
+    let app = spawn_app_with(|c| c.lists[0].mailchimp_list_id = Some("a6b5da1054".into())).await;
+    app.subscribe_and_confirm("Urist.McVankab@freddiesjokes.com")
+        .await;
+    let url = app
+        .unsubscribe_url("newsletter", "Urist.McVankab@freddiesjokes.com")
+        .await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let rows = app
+        .query("SELECT mailchimp_hash FROM suppressions", vec![])
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]
+            .try_get::<Option<String>>("", "mailchimp_hash")
+            .unwrap()
+            .as_deref(),
+        Some("62eeb292278cc15f5817cb78f7790b08"),
+        "Mailchimp's member id, so the member can be archived when the entry expires"
+    );
+    assert!(
+        app.find_text("freddiesjokes").await.is_empty(),
+        "the address itself is gone"
+    );
+}
+
+#[tokio::test]
+async fn an_unsubscribe_from_an_unmapped_list_keeps_no_member_hash() {
+    let app = spawn_app().await;
+    app.subscribe_and_confirm("plain@example.org").await;
+    let url = app.unsubscribe_url("newsletter", "plain@example.org").await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let rows = app
+        .query("SELECT mailchimp_hash FROM suppressions", vec![])
+        .await;
+    assert_eq!(
+        rows[0]
+            .try_get::<Option<String>>("", "mailchimp_hash")
+            .unwrap(),
+        None
     );
 }
