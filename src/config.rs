@@ -386,7 +386,7 @@ impl Config {
         }
         let mut config: Config = fig
             .extract()
-            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("configuration: {}", describe_error(&e)))?;
         if config.lists.is_empty() {
             config.lists = default_lists();
         }
@@ -473,6 +473,34 @@ fn url_like(s: &str) -> Result<(), String> {
     } else {
         Err(format!("{s:?} is not an http(s) URL"))
     }
+}
+
+/// A configuration error fit for a log line: the key and what was expected,
+/// never the value given (it may be a secret, and figment quotes it).
+fn describe_error(e: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = if e.path.is_empty() {
+        "the configuration".to_string()
+    } else {
+        format!("key `{}`", e.path.join("."))
+    };
+    let what = match &e.kind {
+        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => {
+            format!("has a value of the wrong form (expected {expected})")
+        }
+        Kind::InvalidLength(_, expected) => format!("has the wrong length (expected {expected})"),
+        Kind::UnknownVariant(_, expected) => {
+            format!("is not one of: {}", expected.join(", "))
+        }
+        Kind::UnknownField(field, _) => format!("has an unknown field `{field}`"),
+        Kind::MissingField(field) => format!("lacks the field `{field}`"),
+        Kind::DuplicateField(field) => format!("has the field `{field}` twice"),
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "is out of range".to_string(),
+        Kind::Unsupported(_) | Kind::UnsupportedKey(_, _) => "has an unsupported value".to_string(),
+        // Our own parse errors (durations, keys) name the problem, not the value.
+        Kind::Message(m) => m.clone(),
+    };
+    format!("{key} {what}")
 }
 
 #[cfg(test)]
@@ -576,5 +604,16 @@ mod tests {
         ];
         let err = Config::load_from(None, env).unwrap_err().to_string();
         assert!(err.contains("generated secrets"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_secret_value_is_not_quoted_in_the_error() {
+        let vars = vec![(
+            "LISTGUARD_SECRETS__TOKEN_KEYS".to_string(),
+            "k1:c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1ub3QtbGVhaw".to_string(),
+        )];
+        let e = Config::load_from(None, vars).unwrap_err().to_string();
+        assert!(e.contains("secrets.token_keys"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
     }
 }

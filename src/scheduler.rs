@@ -1,5 +1,6 @@
 //! Periodic jobs inside `serve`: the retention purge every
-//! `retention.purge_interval`. Safe on every replica at once.
+//! `retention.purge_interval`, and the pruning of idle rate-limit state.
+//! Safe on every replica at once.
 use crate::{services::purge::purge, shutdown::Shutdown, state::AppState};
 
 pub async fn run(state: AppState, mut shutdown: Shutdown) {
@@ -16,6 +17,10 @@ pub async fn run(state: AppState, mut shutdown: Shutdown) {
             _ = ticker.tick() => {}
             _ = shutdown.wait() => return,
         }
+        // Forget per-IP rate-limit state of addresses that have gone quiet,
+        // so many source addresses cannot grow memory without bound.
+        state.ip_limiter.retain_recent();
+        state.ip_limiter.shrink_to_fit();
         if let Err(e) = purge(&state, false, |_, _| {}).await {
             tracing::error!(error = format!("{e:#}"), "scheduled purge failed");
         }

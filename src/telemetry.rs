@@ -13,7 +13,7 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let ansi = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let ansi = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
         registry
@@ -21,8 +21,10 @@ where
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
+                    // The whole span list, so the request id of the outer
+                    // request span reaches lines logged in inner spans.
+                    .with_current_span(false)
+                    .with_span_list(true)
                     .with_writer(writer),
             )
             .try_init()
@@ -39,11 +41,13 @@ where
     let _ = result;
 }
 
-/// From the environment: `RUST_LOG` and `LISTGUARD_LOG_FORMAT`, to stdout.
+/// From the environment: `RUST_LOG` and `LISTGUARD_LOG_FORMAT`, to standard
+/// error, so that what a command prints on standard output (the OpenAPI
+/// document, key lines, the mail preview) stays clean.
 pub fn init_from_env() {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_string());
     let json = std::env::var("LISTGUARD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    init(json, &filter, std::io::stdout);
+    init(json, &filter, std::io::stderr);
 }
 
 /// A request path fit for a log line: segments that may hold a token or an
