@@ -40,3 +40,13 @@ pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
 pub fn is_postgres(db: &DatabaseConnection) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
+
+/// A subquery yielding the strings of a JSON array bound as `$n`: how one
+/// parameter carries thousands of values (a bulk check's address hashes),
+/// where an `IN` list of that many parameters would be slow to plan and match.
+pub fn json_strings(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("SELECT jsonb_array_elements_text(${n}::jsonb)"),
+        _ => format!("SELECT value FROM json_each(${n})"),
+    }
+}

@@ -192,7 +192,8 @@ impl CheckResult {
 }
 
 /// Checks many address hashes at once for `list` (or any list when `None`).
-/// Answers in the order given.
+/// Answers in the order given. Two statements whatever the number of hashes:
+/// the hashes travel as one JSON array parameter.
 pub async fn check_many<C: ConnectionTrait>(
     conn: &C,
     list: Option<&str>,
@@ -201,80 +202,79 @@ pub async fn check_many<C: ConnectionTrait>(
 ) -> Result<Vec<CheckResult>, DbErr> {
     use std::collections::HashMap;
 
-    use entity::{subscriber, subscription};
-    use sea_orm::QuerySelect;
+    use sea_orm::{Statement, Value};
 
-    const CHUNK: usize = 500;
-    let mut supp: HashMap<&str, suppression::Model> = HashMap::new();
-    let mut subscribed: HashMap<String, bool> = HashMap::new();
-    let mut restricted: HashMap<String, bool> = HashMap::new();
-    let mut unique: Vec<&String> = hashes.iter().collect();
-    unique.sort();
+    let backend = conn.get_database_backend();
+    let wanted = crate::db::json_strings(backend, 1);
+    let mut unique: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    unique.sort_unstable();
     unique.dedup();
-    let mut found = Vec::new();
-    for chunk in unique.chunks(CHUNK) {
-        let mut q = suppression::Entity::find()
-            .filter(suppression::Column::EmailHash.is_in(chunk.iter().map(|s| s.as_str())))
-            .filter(suppression::Column::ExpiresAt.gt(now));
-        if let Some(l) = list {
-            q = q.filter(
-                Condition::any()
-                    .add(suppression::Column::Scope.eq(l))
-                    .add(suppression::Column::Scope.eq(ALL_LISTS)),
-            );
-        }
-        found.extend(q.all(conn).await?);
+    let json: Value = serde_json::to_string(&unique)
+        .expect("strings serialise")
+        .into();
 
-        let people: Vec<(i64, String, bool)> = subscriber::Entity::find()
-            .select_only()
-            .column(subscriber::Column::Id)
-            .column(subscriber::Column::EmailHash)
-            .column(subscriber::Column::Restricted)
-            .filter(subscriber::Column::EmailHash.is_in(chunk.iter().map(|s| s.as_str())))
-            .into_tuple()
-            .all(conn)
-            .await?;
-        if people.is_empty() {
-            continue;
-        }
-        let by_id: HashMap<i64, &String> = people.iter().map(|(id, h, _)| (*id, h)).collect();
-        for (_, h, r) in &people {
-            restricted.insert(h.clone(), *r);
-        }
-        let mut sq = subscription::Entity::find()
-            .select_only()
-            .column(subscription::Column::SubscriberId)
-            .filter(subscription::Column::SubscriberId.is_in(by_id.keys().copied()))
-            .filter(subscription::Column::Status.eq("confirmed"));
-        if let Some(l) = list {
-            sq = sq.filter(subscription::Column::ListSlug.eq(l));
-        }
-        let ids: Vec<i64> = sq.into_tuple().all(conn).await?;
-        for id in ids {
-            if let Some(h) = by_id.get(&id) {
-                subscribed.insert((*h).clone(), true);
-            }
-        }
-    }
-    for e in &found {
-        // With several entries, report the one that lasts longest.
-        match supp.get(e.email_hash.as_str()) {
-            Some(prev) if prev.expires_at >= e.expires_at => {}
+    let scoped = if list.is_some() {
+        " AND (s.scope = $3 OR s.scope = '*')"
+    } else {
+        ""
+    };
+    let mut values = vec![json.clone(), now.into()];
+    values.extend(list.map(|l| Value::from(l.to_string())));
+    let sql = format!(
+        "SELECT s.email_hash, s.reason, s.expires_at FROM suppressions s \
+         WHERE s.email_hash IN ({wanted}) AND s.expires_at > $2{scoped}"
+    );
+    // With several entries, report the one that lasts longest.
+    let mut supp: HashMap<String, (String, DateTime<Utc>)> = HashMap::new();
+    for row in conn
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?
+    {
+        let hash: String = row.try_get("", "email_hash")?;
+        let reason: String = row.try_get("", "reason")?;
+        let expires: DateTime<Utc> = row.try_get("", "expires_at")?;
+        match supp.get(&hash) {
+            Some((_, prev)) if *prev >= expires => {}
             _ => {
-                supp.insert(e.email_hash.as_str(), e.clone());
+                supp.insert(hash, (reason, expires));
             }
         }
     }
+
+    let on_list = if list.is_some() {
+        " AND x.list_slug = $2"
+    } else {
+        ""
+    };
+    let mut values = vec![json];
+    values.extend(list.map(|l| Value::from(l.to_string())));
+    let sql = format!(
+        "SELECT p.email_hash, p.restricted, EXISTS (SELECT 1 FROM subscriptions x \
+           WHERE x.subscriber_id = p.id AND x.status = 'confirmed'{on_list}) AS subscribed \
+         FROM subscribers p WHERE p.email_hash IN ({wanted})"
+    );
+    let mut people: HashMap<String, (bool, bool)> = HashMap::new();
+    for row in conn
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?
+    {
+        let hash: String = row.try_get("", "email_hash")?;
+        let restricted: bool = row.try_get("", "restricted")?;
+        let subscribed: bool = row.try_get("", "subscribed")?;
+        people.insert(hash, (subscribed, restricted));
+    }
+
     Ok(hashes
         .iter()
         .map(|h| {
-            let s = supp.get(h.as_str());
+            let s = supp.get(h);
+            let (subscribed, restricted) = people.get(h).copied().unwrap_or((false, false));
             CheckResult {
                 suppressed: s.is_some(),
-                reason: s.map(|e| e.reason.clone()),
-                expires_at: s.map(|e| e.expires_at),
-                subscribed: subscribed.contains_key(h),
-                restricted: restricted.get(h).copied().unwrap_or(false),
+                reason: s.map(|(r, _)| r.clone()),
+                expires_at: s.map(|(_, e)| *e),
+                subscribed,
+                restricted,
             }
         })
         .collect())

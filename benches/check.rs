@@ -1,0 +1,196 @@
+//! Bulk suppression check: `POST /v1/suppressions/check` with 10,000
+//! addresses a request, through HTTP against the real app on port 0.
+//!
+//! On PostgreSQL when `LISTGUARD_BENCH_DATABASE_URL` names a server (a fresh
+//! database is made there and dropped after), else on a temporary SQLite
+//! file. Of the 10,000 addresses a third are confirmed subscribers, a third
+//! are suppressed and a third are unknown, so every branch of the check runs.
+//!
+//!     cargo bench --bench check
+//!     LISTGUARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench check
+//!
+//! Criterion reports the throughput in addresses per second.
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use entity::{subscriber, subscription, suppression};
+use listguard::{
+    clock::SystemClock,
+    config::{ApiKeyConfig, ApiScope, Config},
+    domain::EmailAddress,
+    startup::{Application, BuildOptions},
+};
+use sea_orm::{ConnectionTrait, Database, EntityTrait, Set, Statement};
+
+const ADDRESSES: usize = 10_000;
+const SENDER_KEY: &str = "bench-sender-key-0123456789";
+
+struct Bench {
+    base: String,
+    body: serde_json::Value,
+    http: reqwest::Client,
+    cleanup: Option<(String, String)>,
+}
+
+async fn database_url() -> (String, Option<(String, String)>) {
+    match std::env::var("LISTGUARD_BENCH_DATABASE_URL") {
+        Ok(server) if server.starts_with("postgres") => {
+            let name = format!("lg_bench_check_{}", std::process::id());
+            let admin = Database::connect(&server)
+                .await
+                .expect("PostgreSQL reachable");
+            admin
+                .execute_raw(Statement::from_string(
+                    admin.get_database_backend(),
+                    format!("CREATE DATABASE {name}"),
+                ))
+                .await
+                .expect("create bench database");
+            let (base, _) = server.rsplit_once('/').expect("URL with a database");
+            (format!("{base}/{name}"), Some((server, name)))
+        }
+        _ => {
+            let dir = tempfile::tempdir().unwrap().keep();
+            (
+                format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()),
+                None,
+            )
+        }
+    }
+}
+
+async fn setup() -> Bench {
+    let (url, cleanup) = database_url().await;
+    let mut config = Config::default();
+    config.server.bind = "127.0.0.1:0".into();
+    config.database.url = url;
+    config.database.max_connections = 8;
+    config.api_keys = vec![ApiKeyConfig {
+        name: "bench".into(),
+        scope: ApiScope::Sender,
+        key_sha256: listguard::crypto::sha256_hex(SENDER_KEY.as_bytes()),
+    }];
+    let app = Application::build_with(
+        config,
+        BuildOptions {
+            clock: Arc::new(SystemClock),
+            background_workers: false,
+            mailer: None,
+            public_url_from_port: true,
+        },
+    )
+    .await
+    .expect("app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    tokio::spawn(app.run_until(std::future::pending()));
+
+    let now = Utc::now();
+    let emails: Vec<String> = (0..ADDRESSES)
+        .map(|i| format!("reader-{i}@bench.example.org"))
+        .collect();
+    let hashes: Vec<String> = emails
+        .iter()
+        .map(|e| state.keys.hasher.hash(&EmailAddress::parse(e).unwrap()))
+        .collect();
+    let (mut people, mut suppressed) = (Vec::new(), Vec::new());
+    for (i, (email, hash)) in emails.iter().zip(&hashes).enumerate() {
+        match i % 3 {
+            0 => people.push(subscriber::ActiveModel {
+                email: Set(email.clone()),
+                email_hash: Set(hash.clone()),
+                locale: Set("en".into()),
+                restricted: Set(false),
+                created_at: Set(now),
+                updated_at: Set(now),
+                ..Default::default()
+            }),
+            1 => suppressed.push(suppression::ActiveModel {
+                email_hash: Set(hash.clone()),
+                scope: Set("newsletter".into()),
+                reason: Set("unsubscribed".into()),
+                source: Set("admin".into()),
+                created_at: Set(now),
+                expires_at: Set(now + chrono::Duration::days(30)),
+                ..Default::default()
+            }),
+            _ => {}
+        }
+    }
+    for chunk in people.chunks(1000) {
+        let rows = subscriber::Entity::insert_many(chunk.to_vec())
+            .exec_with_returning(&state.db)
+            .await
+            .expect("seed subscribers");
+        let subs = rows.iter().map(|p| subscription::ActiveModel {
+            subscriber_id: Set(p.id),
+            list_slug: Set("newsletter".into()),
+            status: Set("confirmed".into()),
+            source: Set(Some("bench".into())),
+            created_at: Set(now),
+            confirmed_at: Set(Some(now)),
+            ..Default::default()
+        });
+        subscription::Entity::insert_many(subs)
+            .exec_without_returning(&state.db)
+            .await
+            .expect("seed subscriptions");
+    }
+    for chunk in suppressed.chunks(1000) {
+        suppression::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(&state.db)
+            .await
+            .expect("seed suppressions");
+    }
+    Bench {
+        base,
+        body: serde_json::json!({"list": "newsletter", "emails": emails}),
+        http: reqwest::Client::new(),
+        cleanup,
+    }
+}
+
+async fn check_once(b: &Bench) {
+    let resp = b
+        .http
+        .post(format!("{}/v1/suppressions/check", b.base))
+        .bearer_auth(SENDER_KEY)
+        .json(&b.body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "the check answers 200");
+    let answer: serde_json::Value = resp.json().await.expect("JSON");
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), ADDRESSES);
+}
+
+fn bulk_check(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bench = rt.block_on(setup());
+    let mut group = c.benchmark_group("suppressions_check");
+    group.throughput(Throughput::Elements(ADDRESSES as u64));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("10000_addresses_per_request", |b| {
+        b.to_async(&rt).iter(|| check_once(&bench))
+    });
+    group.finish();
+    if let Some((server, name)) = &bench.cleanup {
+        rt.block_on(async {
+            let admin = Database::connect(server)
+                .await
+                .expect("PostgreSQL reachable");
+            let _ = admin
+                .execute_raw(Statement::from_string(
+                    admin.get_database_backend(),
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ))
+                .await;
+        });
+    }
+}
+
+criterion_group!(benches, bulk_check);
+criterion_main!(benches);
