@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# Load test: subscribe requests per second against a release build, on SQLite
-# and on PostgreSQL, with a fresh address per request, at 8 and 32
-# connections, bracketed by ../shared/bench/pg-ceiling (the machine's ceiling
-# for one-row committed writes) so that the figure can be reported as a ratio.
+# Load test against a release build, at 8 and 32 connections, each backend's
+# runs bracketed by ../shared/bench/pg-ceiling (the machine's ceiling for
+# one-row committed writes) so that the figure can be reported as a ratio.
 #
-#   benches/load.sh [SECONDS]      (default 15 s per run)
+#   subscribe    POST /v1/subscriptions, a fresh address per request, on
+#                SQLite and on PostgreSQL
+#   unsubscribe  one-click POST /v1/unsubscribe/{token} (RFC 8058 body) of a
+#                confirmed subscriber, a different one per request, on
+#                PostgreSQL; the subscribers are seeded with SQL beforehand
+#                and their links fetched from /v1/unsubscribe-links
 #
-# Needs wrk (Debian package `wrk`) and PostgreSQL on 127.0.0.1:5432 (user
-# postgres, trust). Everything listens on loopback; every run is bounded.
+#   benches/load.sh [SECONDS] [subscribe|unsubscribe|all]   (15 s, all)
+#
+# Needs wrk (Debian package `wrk`), jq, and PostgreSQL on 127.0.0.1:5432 (user
+# postgres, trust) with pgcrypto (postgresql-contrib) for seeding.
+# Everything listens on loopback; every run is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
+scenario=${2:-all}
+case "$scenario" in subscribe|unsubscribe|all) ;; *) echo "load.sh: unknown scenario $scenario" >&2; exit 2 ;; esac
 ceiling=../shared/bench/pg-ceiling
 command -v wrk >/dev/null || { echo "load.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
+command -v jq >/dev/null || { echo "load.sh: needs jq (apt-get install jq)" >&2; exit 1; }
 [ -x "$ceiling" ] || { echo "load.sh: needs $ceiling" >&2; exit 1; }
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/listguard-target}"
@@ -47,11 +57,21 @@ request = function()
 end
 LUA
 
+# Fixed secrets for the run, so the seeding SQL can compute address hashes.
+hash_key=$(head -c 32 /dev/urandom | base64 -w0)
+token_key="k1:$(head -c 32 /dev/urandom | base64 -w0)"
+sender_key="load-sender-$$"
+sender_sha=$(printf '%s' "$sender_key" | sha256sum | cut -d' ' -f1)
+
 start_server() { # $1 = database url
   LISTGUARD_DATABASE__URL="$1" \
   LISTGUARD_DATABASE__MAX_CONNECTIONS=32 \
   LISTGUARD_SERVER__BIND="127.0.0.1:$port" \
+  LISTGUARD_SERVER__PUBLIC_URL="http://127.0.0.1:$port" \
   LISTGUARD_LIMITS__SUBSCRIBE_PER_IP_PER_MINUTE=100000000 \
+  LISTGUARD_SECRETS__HASH_KEY="$hash_key" \
+  LISTGUARD_SECRETS__TOKEN_KEYS="[\"$token_key\"]" \
+  LISTGUARD_API_KEYS="[{\"name\":\"load\",\"scope\":\"sender\",\"key_sha256\":\"$sender_sha\"}]" \
   RUST_LOG=warn \
     "$bin" serve >"$work/server.log" 2>&1 &
   server_pid=$!
@@ -63,9 +83,37 @@ start_server() { # $1 = database url
 }
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 
-run_wrk() { # $1 = connections -> prints "rps p50 p99"
+cat >"$work/unsubscribe.lua" <<'LUA'
+-- Each wrk thread takes every n-th path of paths.txt, so no two requests
+-- unsubscribe the same person.
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+function init(args)
+  paths = {}
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % tonumber(args[2]) == tid then paths[#paths + 1] = line end
+    i = i + 1
+  end
+  n = 0
+end
+request = function()
+  n = n + 1
+  local path = paths[((n - 1) % #paths) + 1]
+  return wrk.format("POST", path, {["Content-Type"] = "application/x-www-form-urlencoded"}, "List-Unsubscribe=One-Click")
+end
+LUA
+
+run_wrk() { # $1 = scenario, $2 = connections -> prints "rps p50 p99 non2xx"
   local out
-  out=$(wrk -t2 -c"$1" -d"${secs}s" --latency -s "$work/subscribe.lua" "http://127.0.0.1:$port/v1/subscriptions")
+  if [ "$1" = subscribe ]; then
+    out=$(wrk -t2 -c"$2" -d"${secs}s" --latency -s "$work/subscribe.lua" "http://127.0.0.1:$port/v1/subscriptions")
+  else
+    out=$(wrk -t2 -c"$2" -d"${secs}s" --latency -s "$work/unsubscribe.lua" "http://127.0.0.1:$port" -- "$work/paths-$2.txt" 2)
+  fi
   local rps p50 p99 non2xx
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -74,8 +122,53 @@ run_wrk() { # $1 = connections -> prints "rps p50 p99"
   echo "$rps $p50 $p99 ${non2xx:-0}"
 }
 
+# Seeds $2 confirmed subscribers named u-$1-N@load.example.org into the
+# PostgreSQL database $3 and writes their one-click paths to paths-$1.txt.
+seed_unsubscribers() {
+  local tag=$1 count=$2 db=$3
+  "${psql[@]}" -d "$db" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+WITH people AS (
+  INSERT INTO subscribers (email, email_hash, name, locale, restricted, created_at, updated_at)
+  SELECT e, encode(hmac(convert_to(lower(e), 'UTF8'), decode('$hash_key', 'base64'), 'sha256'), 'hex'), NULL, 'en', false, now(), now()
+  FROM (SELECT 'u-$tag-' || g || '@load.example.org' AS e FROM generate_series(1, $count) g) s
+  RETURNING id
+)
+INSERT INTO subscriptions (subscriber_id, list_slug, status, source, created_at, confirmed_at)
+SELECT id, 'newsletter', 'confirmed', 'load', now(), now() FROM people;
+SQL
+  : >"$work/paths-$tag.txt"
+  local from=1
+  while [ "$from" -le "$count" ]; do
+    local to=$(( from + 9999 < count ? from + 9999 : count ))
+    seq "$from" "$to" | jq -R "\"u-$tag-\" + . + \"@load.example.org\"" | jq -s '{list: "newsletter", emails: .}' |
+      curl -sf -H "Authorization: Bearer $sender_key" -H 'content-type: application/json' --data-binary @- \
+        "http://127.0.0.1:$port/v1/unsubscribe-links" |
+      jq -r '.links[].url' | sed "s|^http://127.0.0.1:$port||" >>"$work/paths-$tag.txt"
+    from=$(( to + 1 ))
+  done
+}
+
 results=()
+record() { # backend scenario conns rps p50 p99 non2xx
+  results+=("$*")
+}
+bracket_and_ratio() { # backend before after: fills in the ratio of this backend's rows
+  local backend=$1 before=$2 after=$3 mean i
+  mean=$(( (before + after) / 2 ))
+  for i in "${!results[@]}"; do
+    read -r b sc c rps p50 p99 non2xx rest <<<"${results[$i]}"
+    if [ "$b" = "$backend" ] && [ -z "${rest:-}" ]; then
+      results[$i]="$b $sc $c $rps $p50 $p99 $non2xx $before/$after $(awk -v r="$rps" -v m="$mean" 'BEGIN { printf "%.2f", r / m }')"
+    fi
+  done
+}
+
 for backend in sqlite postgres; do
+  scenarios=()
+  [ "$scenario" != unsubscribe ] && scenarios+=(subscribe)
+  [ "$scenario" != subscribe ] && [ "$backend" = postgres ] && scenarios+=(unsubscribe)
+  [ ${#scenarios[@]} -gt 0 ] || continue
   if [ "$backend" = sqlite ]; then
     url="sqlite://$work/bench.db?mode=rwc"
   else
@@ -83,27 +176,26 @@ for backend in sqlite postgres; do
     url="postgres://postgres@127.0.0.1:5432/$pg_db"
   fi
   start_server "$url"
+  if [[ " ${scenarios[*]} " == *" unsubscribe "* ]]; then
+    # Enough people that no run runs out: 12,000 a second is above this machine's ceiling.
+    for c in 8 32; do seed_unsubscribers "$c" $(( secs * 12000 )) "$pg_db"; done
+  fi
   before=$("$ceiling" 20 | sed -n 's/^pg_ceiling_tps=//p')
-  for c in 8 32; do
-    read -r rps p50 p99 non2xx < <(run_wrk "$c")
-    results+=("$backend $c $rps $p50 $p99 $non2xx")
+  for sc in "${scenarios[@]}"; do
+    for c in 8 32; do
+      read -r rps p50 p99 non2xx < <(run_wrk "$sc" "$c")
+      record "$backend" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx"
+    done
   done
   after=$("$ceiling" 20 | sed -n 's/^pg_ceiling_tps=//p')
   stop_server
-  mean=$(( (before + after) / 2 ))
-  for i in "${!results[@]}"; do
-    read -r b c rps p50 p99 non2xx <<<"${results[$i]}"
-    if [ "$b" = "$backend" ] && [ "${#results[$i]}" -gt 0 ] && ! grep -q ceiling <<<"${results[$i]}"; then
-      ratio=$(awk -v r="$rps" -v m="$mean" 'BEGIN { printf "%.2f", r / m }')
-      results[$i]="$b $c $rps $p50 $p99 $non2xx ceiling=$before/$after ratio=$ratio"
-    fi
-  done
+  bracket_and_ratio "$backend" "$before" "$after"
 done
 
 echo
-echo "subscribe, ${secs}s per run, fresh address per request"
-printf '%-9s %5s %10s %9s %9s %8s  %s\n' backend conns req/s p50 p99 non-2xx "pg-ceiling before/after, ratio to their mean"
+echo "${secs}s per run; pg-ceiling before/after each backend's runs, ratio = req/s over their mean"
+printf '%-9s %-12s %5s %10s %9s %9s %8s %13s %6s\n' backend scenario conns req/s p50 p99 non-2xx ceiling ratio
 for r in "${results[@]}"; do
-  read -r b c rps p50 p99 non2xx ceil ratio <<<"$r"
-  printf '%-9s %5s %10s %9s %9s %8s  %s %s\n' "$b" "$c" "$rps" "$p50" "$p99" "$non2xx" "${ceil#ceiling=}" "$ratio"
+  read -r b sc c rps p50 p99 non2xx ceil ratio <<<"$r"
+  printf '%-9s %-12s %5s %10s %9s %9s %8s %13s %6s\n' "$b" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx" "$ceil" "$ratio"
 done
