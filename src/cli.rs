@@ -59,6 +59,34 @@ pub enum Command {
         #[command(subcommand)]
         action: SuppressAction,
     },
+    /// Mailchimp sync.
+    Mailchimp {
+        #[command(subcommand)]
+        action: MailchimpAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailchimpAction {
+    /// Register the signed audience-webhook URL of a list at Mailchimp.
+    RegisterWebhook {
+        #[arg(long)]
+        list: String,
+    },
+    /// Compare a list with its Mailchimp audience and repair drift.
+    Reconcile {
+        #[arg(long)]
+        list: String,
+        /// Only report the drift; change neither side.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The outbox and sync state: pending, in flight, dead letters.
+    Status {
+        /// One list; all mapped lists when absent.
+        #[arg(long)]
+        list: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,12 +200,30 @@ impl Cli {
                 println!("mailable    {}", r.mailable());
             }
             SuppressAction::Remove { email, list } => {
+                known(list)?;
                 let hash = state.keys.hasher.hash(&parse(email)?);
                 let n = suppression::remove(&state.db, &hash, list.as_deref()).await?;
                 if n == 0 {
                     anyhow::bail!("no such entry");
                 }
                 println!("removed {n} entr{}", if n == 1 { "y" } else { "ies" });
+            }
+        }
+        Ok(())
+    }
+
+    async fn mailchimp(&self, action: &MailchimpAction) -> anyhow::Result<()> {
+        let state = self.state().await?;
+        match action {
+            MailchimpAction::RegisterWebhook { list } => {
+                let url = crate::mailchimp::webhook::register(&state, list).await?;
+                println!("registered {url}");
+            }
+            MailchimpAction::Reconcile { list, dry_run } => {
+                crate::mailchimp::reconcile::run_cli(&state, list, *dry_run).await?;
+            }
+            MailchimpAction::Status { list } => {
+                crate::mailchimp::sync::print_status(&state, list.as_deref()).await?;
             }
         }
         Ok(())
@@ -218,6 +264,7 @@ impl Cli {
                 Ok(())
             }
             Command::Suppress { ref action } => self.suppress(action).await,
+            Command::Mailchimp { ref action } => self.mailchimp(action).await,
             Command::Migrate { action } => {
                 let config = Config::load(self.config.as_deref())?;
                 let conn = db::connect(&config.database).await?;

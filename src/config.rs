@@ -28,6 +28,10 @@ pub struct Config {
     /// API keys: `{name, scope: admin|sender, key_sha256}`.
     pub api_keys: Vec<ApiKeyConfig>,
     pub limits: LimitsConfig,
+    /// Mailchimp Marketing API sync; off without `api_key`.
+    pub mailchimp: MailchimpConfig,
+    /// Mailchimp Transactional (Mandrill) webhooks; off without `webhook_key`.
+    pub mandrill: MandrillConfig,
 }
 
 impl Default for Config {
@@ -43,6 +47,8 @@ impl Default for Config {
             captcha: Default::default(),
             api_keys: Default::default(),
             limits: Default::default(),
+            mailchimp: Default::default(),
+            mandrill: Default::default(),
         }
     }
 }
@@ -257,6 +263,71 @@ impl Default for LimitsConfig {
     }
 }
 
+/// What happens at Mailchimp when a suppression entry of a mapped list expires
+/// (and on erasure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExpiry {
+    /// `DELETE` the member: archived, can be re-added.
+    #[default]
+    Archive,
+    /// `POST .../actions/delete-permanent`: gone for good, cannot be re-added.
+    DeletePermanent,
+    /// Leave the member as it is.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MailchimpConfig {
+    /// `<hex>-<dc>`; the data centre names the API host.
+    pub api_key: Option<SecretString>,
+    /// Overrides `https://<dc>.api.mailchimp.com/3.0` (tests point it at a fake).
+    pub base_url: Option<String>,
+    /// Keys the signature in the audience-webhook URL.
+    pub webhook_key: Option<SecretString>,
+    pub on_expiry: OnExpiry,
+    /// Simultaneous connections to Mailchimp (it allows 10 per account).
+    pub concurrency: u32,
+    /// On "Member In Compliance State", re-send the member as `pending` so
+    /// Mailchimp asks the person itself; `false` dead-letters the job instead.
+    pub compliance_fallback_pending: bool,
+    /// Attempts before a job is dead-lettered.
+    pub max_attempts: i32,
+    /// Time limit of one call.
+    pub timeout: ConfigDuration,
+    /// Upserts waiting for one list beyond this go through the batch endpoint.
+    pub batch_threshold: usize,
+    /// Period of the reconciliation inside `serve`.
+    pub reconcile_interval: ConfigDuration,
+}
+
+impl Default for MailchimpConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            base_url: None,
+            webhook_key: None,
+            on_expiry: OnExpiry::Archive,
+            concurrency: 4,
+            compliance_fallback_pending: true,
+            max_attempts: 15,
+            timeout: ConfigDuration::Fixed(chrono::Duration::seconds(30)),
+            batch_threshold: 5,
+            reconcile_interval: ConfigDuration::Fixed(chrono::Duration::hours(6)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct MandrillConfig {
+    /// The webhook's key, as Mandrill shows it.
+    pub webhook_key: Option<SecretString>,
+    /// The webhook URL exactly as registered at Mandrill (it is signed).
+    pub webhook_url: Option<String>,
+}
+
 /// A configured duration: fixed (`"30s"`, `"10m"`, `"48h"`, `"7d"`, `"2w"`) or
 /// in calendar months (`"1 month"`), which is why it is not a `std::time::Duration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,12 +503,49 @@ impl Config {
                 );
             }
         }
+        if self.lists.iter().any(|l| l.mailchimp_list_id.is_some())
+            && self.mailchimp.api_key.is_none()
+        {
+            anyhow::bail!("a list has a mailchimp_list_id, so mailchimp.api_key is needed");
+        }
+        if let Some(key) = &self.mailchimp.api_key {
+            use secrecy::ExposeSecret;
+            if self.mailchimp.base_url.is_none() && mailchimp_dc(key.expose_secret()).is_none() {
+                anyhow::bail!("mailchimp.api_key must look like <hex>-<dc> (e.g. …-us6)");
+            }
+        }
+        if let Some(u) = &self.mailchimp.base_url {
+            url_like(u).map_err(|e| anyhow::anyhow!("mailchimp.base_url: {e}"))?;
+        }
+        if !(1..=10).contains(&self.mailchimp.concurrency) {
+            anyhow::bail!(
+                "mailchimp.concurrency must be 1 to 10 (Mailchimp allows 10 connections)"
+            );
+        }
+        if self.mailchimp.max_attempts < 1 {
+            anyhow::bail!("mailchimp.max_attempts must be at least 1");
+        }
+        if self.mandrill.webhook_key.is_some() != self.mandrill.webhook_url.is_some() {
+            anyhow::bail!("mandrill.webhook_key and mandrill.webhook_url go together");
+        }
         for k in &self.api_keys {
             if k.key_sha256.len() != 64 || !k.key_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 anyhow::bail!("api_keys: {:?} needs key_sha256 as 64 hex digits", k.name);
             }
         }
         Ok(())
+    }
+
+    /// The Mailchimp API base, `https://<dc>.api.mailchimp.com/3.0` unless
+    /// overridden; `None` when Mailchimp is off.
+    pub fn mailchimp_base_url(&self) -> Option<String> {
+        use secrecy::ExposeSecret;
+        let key = self.mailchimp.api_key.as_ref()?;
+        match &self.mailchimp.base_url {
+            Some(u) => Some(u.trim_end_matches('/').to_string()),
+            None => mailchimp_dc(key.expose_secret())
+                .map(|dc| format!("https://{dc}.api.mailchimp.com/3.0")),
+        }
     }
 
     /// The configured list with this slug.
@@ -473,6 +581,12 @@ fn url_like(s: &str) -> Result<(), String> {
     } else {
         Err(format!("{s:?} is not an http(s) URL"))
     }
+}
+
+/// The data centre of a Mailchimp API key `<hex>-<dc>`.
+fn mailchimp_dc(key: &str) -> Option<&str> {
+    let (_, dc) = key.rsplit_once('-')?;
+    (!dc.is_empty() && dc.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(dc)
 }
 
 /// A configuration error fit for a log line: the key and what was expected,

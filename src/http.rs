@@ -151,8 +151,13 @@ impl Plumbing {
     }
 
     async fn limit_body(&self, req: &mut Request) -> Result<(), Response> {
-        let max = match req.uri().path() {
+        let path = req.uri().path();
+        let max = match path {
             "/v1/suppressions/check" | "/v1/unsubscribe-links" => self.max_bulk_body,
+            // Mandrill posts up to 1,000 events at once; the handler bounds it.
+            _ if path.starts_with("/v1/webhooks/") => {
+                crate::api::MAX_WEBHOOK_BODY.max(self.max_body)
+            }
             _ => self.max_body,
         };
         let too_large = || {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod i18n;
 pub mod mail;
+pub mod mailchimp;
 pub mod outbox;
 pub mod pages;
 pub mod scheduler;

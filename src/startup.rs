@@ -146,6 +146,14 @@ impl Application {
                 self.state.clone(),
                 shutdown.clone(),
             )));
+            workers.push(tokio::spawn(crate::mailchimp::sync::run(
+                self.state.clone(),
+                shutdown.clone(),
+            )));
+            workers.push(tokio::spawn(crate::mailchimp::reconcile::run(
+                self.state.clone(),
+                shutdown.clone(),
+            )));
             workers.push(tokio::spawn(scheduler::run(
                 self.state.clone(),
                 shutdown.clone(),

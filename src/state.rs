@@ -18,8 +18,12 @@ use crate::{
     config::Config,
     db,
     mail::{MailTransport, Templates},
+    mailchimp::MailchimpClient,
     secrets::Keys,
-    services::subscribe::{SignupJob, SubscribeOutcome, subscribe_batch},
+    services::{
+        subscribe::{SignupJob, SubscribeOutcome, subscribe_batch},
+        unsubscribe::{UnsubscribeJob, UnsubscribeOutcome, unsubscribe_batch},
+    },
 };
 
 pub type AppState = Arc<State>;
@@ -31,8 +35,12 @@ pub struct State {
     pub keys: Keys,
     pub mailer: Arc<dyn MailTransport>,
     pub templates: Templates,
-    /// Woken after a commit that queued outbox work.
+    /// Woken after a commit that queued mail.
     pub outbox_notify: Notify,
+    /// Woken after a commit that queued Mailchimp jobs.
+    pub sync_notify: Notify,
+    /// The Mailchimp client; `None` when Mailchimp is off.
+    pub mailchimp: Option<Arc<MailchimpClient>>,
     /// Per-IP limit on subscribe and privacy requests.
     pub ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     pub http: reqwest::Client,
@@ -41,6 +49,8 @@ pub struct State {
     sqlite_write_lock: Option<Arc<Mutex<()>>>,
     /// The signup batcher, started by [`State::start_batchers`].
     signups: OnceLock<Batcher<SignupJob, SubscribeOutcome>>,
+    /// The unsubscribe batcher, likewise.
+    unsubscribes: OnceLock<Batcher<UnsubscribeJob, UnsubscribeOutcome>>,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write lock.
@@ -73,6 +83,7 @@ impl State {
         let per_minute = NonZeroU32::new(config.limits.subscribe_per_ip_per_minute.max(1))
             .unwrap_or(NonZeroU32::MIN);
         let sqlite_write_lock = (!db::is_postgres(&db)).then(|| Arc::new(Mutex::new(())));
+        let mailchimp = MailchimpClient::from_config(&config)?.map(Arc::new);
         Ok(Self {
             templates: Templates::new()?,
             config,
@@ -81,12 +92,15 @@ impl State {
             keys,
             mailer,
             outbox_notify: Notify::new(),
+            sync_notify: Notify::new(),
+            mailchimp,
             ip_limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()?,
             sqlite_write_lock,
             signups: OnceLock::new(),
+            unsubscribes: OnceLock::new(),
         })
     }
 
@@ -112,6 +126,27 @@ impl State {
             })
         });
         let _ = self.signups.set(Batcher::start(writers, 64, work));
+
+        let weak = Arc::downgrade(self);
+        let work: BatchFn<UnsubscribeJob, UnsubscribeOutcome> = Arc::new(move |jobs| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(state) => unsubscribe_batch(&state, jobs).await,
+                    None => jobs
+                        .iter()
+                        .map(|_| Err(anyhow::anyhow!("shutting down")))
+                        .collect(),
+                }
+            })
+        });
+        let _ = self.unsubscribes.set(Batcher::start(writers, 64, work));
+    }
+
+    pub fn unsubscribes(&self) -> &Batcher<UnsubscribeJob, UnsubscribeOutcome> {
+        self.unsubscribes
+            .get()
+            .expect("start_batchers runs when the state is built")
     }
 
     pub fn signups(&self) -> &Batcher<SignupJob, SubscribeOutcome> {

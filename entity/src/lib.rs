@@ -9,3 +9,4 @@ pub mod subscriber;
 pub mod subscription;
 pub mod suppression;
 pub mod token;
+pub mod webhook_receipt;

@@ -15,6 +15,10 @@ pub struct Model {
     /// Address hash of the person the job is about, so their payloads can be
     /// cleared on unsubscribe or erasure.
     pub subject_hash: Option<String>,
+    /// `mailchimp:<list id>:<subscriber hash>` on Mailchimp jobs: a newer job
+    /// for the same member supersedes an unsent older one, and two jobs for
+    /// one member never run at once.
+    pub member_key: Option<String>,
     pub attempts: i32,
     pub next_attempt_at: DateTimeUtc,
     pub locked_until: Option<DateTimeUtc>,

@@ -4,9 +4,12 @@ mod ops;
 mod subscribers;
 mod subscriptions;
 mod suppressions;
+mod sync;
 mod unsubscribe;
+mod webhooks;
 
 pub use extract::{FormFields, client_context, wants_html, wants_json};
+pub use webhooks::MAX_WEBHOOK_BODY;
 
 use poem_openapi::{OpenApiService, Tags};
 
@@ -31,6 +34,8 @@ pub type Apis = (
     unsubscribe::UnsubscribeApi,
     suppressions::SuppressionsApi,
     subscribers::SubscribersApi,
+    sync::SyncApi,
+    webhooks::WebhooksApi,
     ops::OpsApi,
 );
 
@@ -49,6 +54,12 @@ pub fn service(state: AppState) -> OpenApiService<Apis, ()> {
                 state: state.clone(),
             },
             subscribers::SubscribersApi {
+                state: state.clone(),
+            },
+            sync::SyncApi {
+                state: state.clone(),
+            },
+            webhooks::WebhooksApi {
                 state: state.clone(),
             },
             ops::OpsApi { state },

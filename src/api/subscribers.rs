@@ -14,7 +14,7 @@ use crate::{
     error::{ApiError, ErrorResponse},
     services::{
         purge::{PurgeReport, purge},
-        suppression::Source,
+        suppression::{Reason, Source},
         unsubscribe::{Scope, unsubscribe},
     },
     state::AppState,
@@ -81,12 +81,16 @@ pub struct Lists {
 pub struct PurgeResult {
     pub dry_run: bool,
     pub suppressions: u64,
+    /// Mailchimp archive (or permanent delete) jobs queued for expired entries.
+    pub mailchimp_jobs: u64,
     pub consent_events: u64,
     pub pending_subscriptions: u64,
     pub subscribers: u64,
     pub tokens: u64,
     pub outbox: u64,
     pub address_limits: u64,
+    /// Inbound webhook receipts past their week.
+    pub webhook_receipts: u64,
 }
 
 impl PurgeResult {
@@ -94,12 +98,14 @@ impl PurgeResult {
         Self {
             dry_run,
             suppressions: r.suppressions,
+            mailchimp_jobs: r.mailchimp_jobs,
             consent_events: r.consent_events,
             pending_subscriptions: r.pending_subscriptions,
             subscribers: r.subscribers,
             tokens: r.tokens,
             outbox: r.outbox,
             address_limits: r.address_limits,
+            webhook_receipts: r.webhook_receipts,
         }
     }
 }
@@ -272,7 +278,14 @@ impl SubscribersApi {
             None => Scope::AllLists,
         };
         let hash = self.state.keys.hasher.hash(&email);
-        let out = unsubscribe(&self.state, &hash, &scope, Source::Admin).await?;
+        let out = unsubscribe(
+            &self.state,
+            &hash,
+            &scope,
+            Source::Admin,
+            Reason::Unsubscribed,
+        )
+        .await?;
         Ok(UnsubscribedResponse::Ok(Json(Unsubscribed {
             left: out.left,
         })))

@@ -15,7 +15,7 @@ use crate::{
     i18n::{Locale, t},
     pages::{Form as PageForm, Hidden, Link, Page, PageResponse, outcome_json},
     services::{
-        suppression::Source,
+        suppression::{Reason, Source},
         unsubscribe::{Scope, unsubscribe},
     },
     state::AppState,
@@ -190,6 +190,7 @@ impl UnsubscribeApi {
             &t.email_hash,
             &Scope::List(t.list.clone()),
             source,
+            Reason::Unsubscribed,
         )
         .await?;
         Ok(PageResponse::html(

@@ -45,7 +45,8 @@ const PARALLEL_SENDS: usize = 8;
 pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize> {
     use futures_util::StreamExt;
 
-    let jobs = claim(&state.db, JobKind::Mail, limit, state.now()).await?;
+    let lease = JobKind::Mail.lease(&state.config);
+    let jobs = claim(&state.db, JobKind::Mail, lease, limit, state.now()).await?;
     let n = jobs.len();
     let results: Vec<(ClaimedJob, Result<(), JobFailure>)> = futures_util::stream::iter(jobs)
         .map(|job| async move {

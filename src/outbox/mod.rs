@@ -6,7 +6,8 @@ pub mod mail_worker;
 mod store;
 
 pub use store::{
-    ClaimedJob, JobFailure, JobKind, claim, complete, complete_many, enqueue, fail, job_model,
+    ClaimedJob, JobFailure, JobKind, claim, complete, complete_many, complete_with_note, enqueue,
+    fail, job_model,
 };
 
 /// What one step of a worker did.

@@ -14,19 +14,39 @@ use sea_orm::{
 pub enum JobKind {
     /// A mail to send (payload: [`crate::outbox::mail_worker::MailJob`]).
     Mail,
+    /// A Mailchimp call (payload: [`crate::mailchimp::MailchimpJob`]).
+    Mailchimp,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mail => "mail",
+            Self::Mailchimp => "mailchimp",
         }
     }
 }
 
-/// How long a claimed job stays ours before another worker may take it over
-/// (a worker that died mid-job is recovered this way).
-const LEASE: chrono::Duration = chrono::Duration::minutes(5);
+/// How long a claimed mail job stays ours before another worker may take it
+/// over (a worker that died mid-job is recovered this way). Mailchimp jobs
+/// use a lease derived from their call timeout instead.
+const MAIL_LEASE: chrono::Duration = chrono::Duration::minutes(5);
+
+impl JobKind {
+    /// The lease of a claimed job of this kind: long enough for the work of
+    /// one step, short enough that a crashed worker's jobs resume soon.
+    pub fn lease(self, config: &crate::config::Config) -> chrono::Duration {
+        match self {
+            Self::Mail => MAIL_LEASE,
+            Self::Mailchimp => {
+                let call = chrono::Duration::from_std(config.mailchimp.timeout.approx_std())
+                    .unwrap_or(chrono::Duration::seconds(30));
+                // A batch step may queue behind `concurrency` other calls.
+                call * 3 + chrono::Duration::seconds(5)
+            }
+        }
+    }
+}
 
 /// Queues a job inside the caller's transaction.
 pub async fn enqueue<C: ConnectionTrait>(
@@ -75,10 +95,13 @@ pub struct ClaimedJob {
 }
 
 /// Claims up to `limit` due jobs of `kind`: pending ones whose time has come,
-/// and in-flight ones whose lease ran out.
+/// and in-flight ones whose lease ran out; never a job whose member (see
+/// `member_key`) has another job in flight, so changes to one member run in
+/// order.
 pub async fn claim<C: ConnectionTrait>(
     conn: &C,
     kind: JobKind,
+    lease: chrono::Duration,
     limit: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<ClaimedJob>, DbErr> {
@@ -90,16 +113,18 @@ pub async fn claim<C: ConnectionTrait>(
     };
     let sql = format!(
         "UPDATE outbox SET status = 'in_flight', locked_until = $1, updated_at = $2 \
-         WHERE id IN (SELECT id FROM outbox WHERE kind = $3 AND \
-           ((status = 'pending' AND next_attempt_at <= $2) OR (status = 'in_flight' AND locked_until <= $2)) \
-           ORDER BY id LIMIT $4 {lock}) \
+         WHERE id IN (SELECT o.id FROM outbox o WHERE o.kind = $3 AND \
+           ((o.status = 'pending' AND o.next_attempt_at <= $2) OR (o.status = 'in_flight' AND o.locked_until <= $2)) \
+           AND (o.member_key IS NULL OR NOT EXISTS (SELECT 1 FROM outbox b WHERE b.member_key = o.member_key \
+                AND b.id <> o.id AND b.status = 'in_flight' AND b.locked_until > $2)) \
+           ORDER BY o.id LIMIT $4 {lock}) \
          RETURNING id, kind, payload, subject_hash, attempts"
     );
     let stmt = Statement::from_sql_and_values(
         backend,
         sql,
         [
-            (now + LEASE).into(),
+            (now + lease).into(),
             now.into(),
             kind.as_str().into(),
             i64::from(limit).into(),
@@ -121,6 +146,23 @@ pub async fn complete<C: ConnectionTrait>(
         conn.get_database_backend(),
         "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
         [now.into(), id.into()],
+    );
+    conn.execute_raw(stmt).await?;
+    Ok(())
+}
+
+/// Marks a job done, clears its payload, and keeps a note of how it ended
+/// (e.g. "forgotten at Mailchimp": done, not to be retried, but worth seeing).
+pub async fn complete_with_note<C: ConnectionTrait>(
+    conn: &C,
+    id: i64,
+    note: &str,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let stmt = Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, last_error = $1, updated_at = $2 WHERE id = $3",
+        [note.into(), now.into(), id.into()],
     );
     conn.execute_raw(stmt).await?;
     Ok(())

@@ -163,7 +163,19 @@ pub async fn confirm(
     )
     .await?;
     suppression::lift_on_confirm(&*tx, &person.email_hash, &list.slug).await?;
+    let queued = crate::mailchimp::jobs::queue_upsert(
+        &*tx,
+        &state.config,
+        &person,
+        &list.slug,
+        l.subscription.id,
+        now,
+    )
+    .await?;
     tx.commit().await?;
+    if queued {
+        state.sync_notify.notify_one();
+    }
     tracing::info!(subject = log_id(&person.email_hash), list = %list.slug, "subscription confirmed");
     Ok(ConfirmOutcome::Confirmed)
 }

@@ -5,6 +5,7 @@ pub mod purge;
 pub mod subscribe;
 pub mod suppression;
 pub mod unsubscribe;
+pub mod webhooks;
 
 /// Context of the person's request, for the consent record.
 #[derive(Debug, Clone, Default)]

@@ -11,12 +11,17 @@ use crate::state::AppState;
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct PurgeReport {
     pub suppressions: u64,
+    /// Archive (or permanent delete) jobs queued for Mailchimp members whose
+    /// suppression entry expired (`mailchimp.on_expiry`).
+    pub mailchimp_jobs: u64,
     pub consent_events: u64,
     pub pending_subscriptions: u64,
     pub subscribers: u64,
     pub tokens: u64,
     pub outbox: u64,
     pub address_limits: u64,
+    /// Receipts of inbound webhook deliveries older than a week.
+    pub webhook_receipts: u64,
 }
 
 const BATCH: i64 = 1000;
@@ -31,7 +36,8 @@ struct Class {
     name: &'static str,
     /// `SELECT <key> ...` of what is due; `:now` is now, `:pending` the
     /// pending cutoff, `:book` the bookkeeping cutoff, `:dead_mail` the age at
-    /// which a dead-lettered mail job goes.
+    /// which a dead-lettered mail job goes, `:receipts` the webhook-receipt
+    /// cutoff.
     due: &'static str,
     table: &'static str,
     key: &'static str,
@@ -94,17 +100,26 @@ const CLASSES: &[Class] = &[
         key: "email_hash",
         due: "SELECT email_hash FROM address_limits WHERE last_sent_at <= :book",
     },
+    Class {
+        name: "webhook_receipts",
+        table: "webhook_receipts",
+        key: "id",
+        // Replays come within hours (Mailchimp retries for 75 minutes).
+        due: "SELECT id FROM webhook_receipts WHERE received_at <= :receipts",
+    },
 ];
 
 impl PurgeReport {
     fn add(&mut self, class: &str, n: u64) {
         let slot = match class {
             "suppressions" => &mut self.suppressions,
+            "mailchimp_jobs" => &mut self.mailchimp_jobs,
             "consent_events" => &mut self.consent_events,
             "pending_subscriptions" => &mut self.pending_subscriptions,
             "subscribers" => &mut self.subscribers,
             "tokens" => &mut self.tokens,
             "outbox" => &mut self.outbox,
+            "webhook_receipts" => &mut self.webhook_receipts,
             _ => &mut self.address_limits,
         };
         *slot += n;
@@ -114,12 +129,14 @@ impl PurgeReport {
     pub fn rows(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("suppressions", self.suppressions),
+            ("mailchimp_jobs", self.mailchimp_jobs),
             ("consent_events", self.consent_events),
             ("pending_subscriptions", self.pending_subscriptions),
             ("subscribers", self.subscribers),
             ("tokens", self.tokens),
             ("outbox", self.outbox),
             ("address_limits", self.address_limits),
+            ("webhook_receipts", self.webhook_receipts),
         ]
     }
 }
@@ -155,6 +172,10 @@ pub async fn purge(
         ),
         ("book", bookkeeping_cutoff(now).into()),
         (
+            "receipts",
+            (now - chrono::Duration::days(super::webhooks::RECEIPT_RETENTION_DAYS)).into(),
+        ),
+        (
             "dead_mail",
             state
                 .config
@@ -168,6 +189,7 @@ pub async fn purge(
     let db = &state.db;
     let backend = db.get_database_backend();
     let mut report = PurgeReport::default();
+    expire_mailchimp_members(state, dry_run, &mut report, &mut progress).await?;
     for class in CLASSES {
         if dry_run {
             let (sql, values) = bind(
@@ -215,4 +237,87 @@ pub async fn purge(
         tracing::info!(report = ?report, "purge finished");
     }
     Ok(report)
+}
+
+/// Expired suppression entries that keep a Mailchimp member hash: each goes
+/// in the same transaction as the archive (or permanent delete) job it
+/// queues, one per mapped list of its scope, so a crash loses neither. The
+/// job holds only the member hash.
+async fn expire_mailchimp_members(
+    state: &AppState,
+    dry_run: bool,
+    report: &mut PurgeReport,
+    progress: &mut impl FnMut(&str, u64),
+) -> anyhow::Result<()> {
+    use entity::suppression;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+    use crate::{
+        mailchimp::{MailchimpJob, jobs as mailchimp_jobs},
+        services::suppression::ALL_LISTS,
+    };
+
+    let now = state.now();
+    let audiences = |scope: &str| -> Vec<String> {
+        state
+            .config
+            .lists
+            .iter()
+            .filter(|l| scope == ALL_LISTS || l.slug == scope)
+            .filter_map(|l| l.mailchimp_list_id.clone())
+            .collect()
+    };
+    let due = || {
+        suppression::Entity::find()
+            .filter(suppression::Column::ExpiresAt.lte(now))
+            .filter(suppression::Column::MailchimpHash.is_not_null())
+    };
+    if dry_run {
+        for e in due().all(&state.db).await? {
+            let hash = e.mailchimp_hash.as_deref().unwrap_or_default();
+            let jobs = audiences(&e.scope)
+                .iter()
+                .filter_map(|id| MailchimpJob::on_expiry(&state.config, id, hash))
+                .count() as u64;
+            report.mailchimp_jobs += jobs;
+        }
+        progress("mailchimp_jobs", report.mailchimp_jobs);
+        return Ok(());
+    }
+    loop {
+        let tx = state.begin_write().await?;
+        let batch = due()
+            .order_by_asc(suppression::Column::Id)
+            .limit(BATCH as u64)
+            .all(&*tx)
+            .await?;
+        let mut queued = 0;
+        for e in &batch {
+            let hash = e.mailchimp_hash.as_deref().unwrap_or_default();
+            for list_id in audiences(&e.scope) {
+                if let Some(job) = MailchimpJob::on_expiry(&state.config, &list_id, hash) {
+                    mailchimp_jobs::enqueue(&*tx, &job, None, now).await?;
+                    queued += 1;
+                }
+            }
+        }
+        let deleted = suppression::Entity::delete_many()
+            .filter(suppression::Column::Id.is_in(batch.iter().map(|e| e.id)))
+            .exec(&*tx)
+            .await?
+            .rows_affected;
+        tx.commit().await?;
+        report.mailchimp_jobs += queued;
+        report.suppressions += deleted;
+        if queued > 0 {
+            state.sync_notify.notify_one();
+            progress("mailchimp_jobs", queued);
+        }
+        if deleted > 0 {
+            progress("suppressions", deleted);
+        }
+        if (batch.len() as i64) < BATCH {
+            return Ok(());
+        }
+    }
 }

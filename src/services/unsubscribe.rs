@@ -10,7 +10,13 @@ use sea_orm::{
 };
 
 use super::suppression::{self, ALL_LISTS, Reason, Source};
-use crate::{domain::EmailAddress, outbox::mail_worker::MailJob, secrets::log_id, state::AppState};
+use crate::{
+    domain::EmailAddress,
+    mailchimp::{MailchimpJob, jobs as mailchimp_jobs},
+    outbox::mail_worker::MailJob,
+    secrets::log_id,
+    state::AppState,
+};
 
 /// Which lists to leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,22 +30,96 @@ pub enum Scope {
 pub struct UnsubscribeOutcome {
     /// The lists the address was on and has left now.
     pub left: Vec<String>,
+    /// Whether Mailchimp jobs were queued (the worker is to be woken).
+    pub queued_sync: bool,
 }
 
-/// Unsubscribes the address behind `email_hash`.
+/// Unsubscribes the address behind `email_hash`: the subscriptions in `scope`
+/// go, a suppression entry with `reason` is written, and Mailchimp is told
+/// (unless the change came from Mailchimp). Concurrent unsubscribes share a
+/// transaction (see [`unsubscribe_batch`]).
 #[tracing::instrument(skip_all, fields(subject = log_id(email_hash)))]
 pub async fn unsubscribe(
     state: &AppState,
     email_hash: &str,
     scope: &Scope,
     source: Source,
+    reason: Reason,
 ) -> anyhow::Result<UnsubscribeOutcome> {
-    let now = state.now();
-    let tx = state.begin_write().await?;
-    let outcome = unsubscribe_in(state, &*tx, email_hash, scope, source, now).await?;
-    tx.commit().await?;
+    let job = UnsubscribeJob {
+        email_hash: email_hash.to_string(),
+        scope: scope.clone(),
+        source,
+        reason,
+    };
+    let outcome = state.unsubscribes().submit(job).await?;
     tracing::info!(lists = ?outcome.left, source = source.as_str(), "unsubscribed");
     Ok(outcome)
+}
+
+/// One unsubscribe waiting for its batch.
+#[derive(Debug, Clone)]
+pub struct UnsubscribeJob {
+    pub email_hash: String,
+    pub scope: Scope,
+    pub source: Source,
+    pub reason: Reason,
+}
+
+/// Carries out a batch of unsubscribes in one transaction, one commit for
+/// all; should it fail, each is retried in a transaction of its own, so one
+/// bad request cannot fail the others.
+pub async fn unsubscribe_batch(
+    state: &AppState,
+    jobs: Vec<UnsubscribeJob>,
+) -> Vec<anyhow::Result<UnsubscribeOutcome>> {
+    async fn run(
+        state: &AppState,
+        jobs: &[UnsubscribeJob],
+    ) -> anyhow::Result<Vec<UnsubscribeOutcome>> {
+        let now = state.now();
+        let tx = state.begin_write().await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            out.push(
+                unsubscribe_in(
+                    state,
+                    &*tx,
+                    &j.email_hash,
+                    &j.scope,
+                    j.source,
+                    j.reason,
+                    now,
+                )
+                .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+    let outcomes: Vec<anyhow::Result<UnsubscribeOutcome>> = match run(state, &jobs).await {
+        Ok(all) => all.into_iter().map(Ok).collect(),
+        Err(e) if jobs.len() > 1 => {
+            tracing::debug!(error = %e, size = jobs.len(), "unsubscribe batch failed; retrying one by one");
+            let mut out = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                out.push(
+                    run(state, std::slice::from_ref(j))
+                        .await
+                        .map(|mut v| v.remove(0)),
+                );
+            }
+            out
+        }
+        Err(e) => vec![Err(e)],
+    };
+    if outcomes
+        .iter()
+        .any(|o| o.as_ref().is_ok_and(|o| o.queued_sync))
+    {
+        state.sync_notify.notify_one();
+    }
+    outcomes
 }
 
 /// The same inside the caller's transaction.
@@ -49,6 +129,7 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
     email_hash: &str,
     scope: &Scope,
     source: Source,
+    reason: Reason,
     now: DateTime<Utc>,
 ) -> Result<UnsubscribeOutcome, DbErr> {
     let person = subscriber::Entity::find()
@@ -123,6 +204,28 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
         .as_ref()
         .and_then(|p| EmailAddress::parse(&p.email).ok())
         .map(|a| a.mailchimp_hash());
+    // Tell Mailchimp, by subscriber hash only, for each mapped list left;
+    // not when the change came from Mailchimp (it knows, and must not hear
+    // its own change echoed back).
+    let mut queued_sync = false;
+    if let Some(member) = &member_hash
+        && !matches!(source, Source::Mailchimp | Source::Reconcile)
+    {
+        for slug in &left {
+            if let Some(list_id) = state
+                .config
+                .list(slug)
+                .and_then(|l| l.mailchimp_list_id.as_deref())
+            {
+                let job = MailchimpJob::Unsubscribe {
+                    list_id: list_id.to_string(),
+                    hash: member.clone(),
+                };
+                mailchimp_jobs::enqueue(conn, &job, None, now).await?;
+                queued_sync = true;
+            }
+        }
+    }
     for s in scopes {
         let mailchimp_hash = member_hash
             .clone()
@@ -137,7 +240,7 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
                 &state.config,
                 email_hash,
                 &s,
-                Reason::Unsubscribed,
+                reason,
                 source,
                 mailchimp_hash,
                 now,
@@ -145,7 +248,7 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
             .await?;
         }
     }
-    Ok(UnsubscribeOutcome { left })
+    Ok(UnsubscribeOutcome { left, queued_sync })
 }
 
 /// Cancels unsent jobs that still hold the address: all of them when the
