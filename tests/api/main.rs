@@ -2,12 +2,15 @@
 //! listener on loopback, SQLite by default and PostgreSQL when
 //! `LISTGUARD_TEST_DATABASE_URL` is set.
 mod confirm;
+mod fake_mailchimp;
 mod helpers;
 mod hostile;
 mod logs;
+mod mailchimp_sync;
 mod ops;
 mod outbox;
 mod purge;
 mod smtp;
 mod subscribe;
 mod unsubscribe;
+mod webhooks;

@@ -36,6 +36,7 @@ async fn a_job_held_by_a_dead_worker_is_taken_over_after_its_lease() {
     let claimed = listguard::outbox::claim(
         &app.state.db,
         listguard::outbox::JobKind::Mail,
+        listguard::outbox::JobKind::Mail.lease(&app.state.config),
         10,
         app.clock_now(),
     )
