@@ -41,12 +41,23 @@ pub fn is_postgres(db: &DatabaseConnection) -> bool {
     db.get_database_backend() == DbBackend::Postgres
 }
 
-/// A subquery yielding the strings of a JSON array bound as `$n`: how one
-/// parameter carries thousands of values (a bulk check's address hashes),
-/// where an `IN` list of that many parameters would be slow to plan and match.
-pub fn json_strings(backend: DbBackend, n: usize) -> String {
+/// A subquery yielding `items`, bound as the one parameter `$n`: how a
+/// single parameter carries thousands of values (a bulk check's address
+/// hashes), where an `IN` list of that many parameters would be slow to plan
+/// and match. PostgreSQL splits a comma-separated text (cheaper than parsing
+/// JSON), SQLite walks a JSON array. Items must not contain a comma.
+pub fn string_set(backend: DbBackend, n: usize, items: &[&str]) -> (String, sea_orm::Value) {
+    debug_assert!(items.iter().all(|i| !i.contains(',')));
     match backend {
-        DbBackend::Postgres => format!("SELECT jsonb_array_elements_text(${n}::jsonb)"),
-        _ => format!("SELECT value FROM json_each(${n})"),
+        DbBackend::Postgres => (
+            format!("SELECT unnest(string_to_array(${n}, ','))"),
+            items.join(",").into(),
+        ),
+        _ => (
+            format!("SELECT value FROM json_each(${n})"),
+            serde_json::to_string(items)
+                .expect("strings serialise")
+                .into(),
+        ),
     }
 }

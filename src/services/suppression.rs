@@ -194,8 +194,8 @@ impl CheckResult {
 /// Checks many address hashes at once for `list` (or any list when `None`).
 /// Answers in the order given. Two statements whatever the number of hashes:
 /// the hashes travel as one JSON array parameter.
-pub async fn check_many<C: ConnectionTrait>(
-    conn: &C,
+pub async fn check_many(
+    db: &sea_orm::DatabaseConnection,
     list: Option<&str>,
     hashes: &[String],
     now: DateTime<Utc>,
@@ -204,32 +204,50 @@ pub async fn check_many<C: ConnectionTrait>(
 
     use sea_orm::{Statement, Value};
 
-    let backend = conn.get_database_backend();
-    let wanted = crate::db::json_strings(backend, 1);
+    let backend = db.get_database_backend();
     let mut unique: Vec<&str> = hashes.iter().map(String::as_str).collect();
     unique.sort_unstable();
     unique.dedup();
-    let json: Value = serde_json::to_string(&unique)
-        .expect("strings serialise")
-        .into();
+    let (wanted, set) = crate::db::string_set(backend, 1, &unique);
 
     let scoped = if list.is_some() {
         " AND (s.scope = $3 OR s.scope = '*')"
     } else {
         ""
     };
-    let mut values = vec![json.clone(), now.into()];
+    let mut values = vec![set.clone(), now.into()];
     values.extend(list.map(|l| Value::from(l.to_string())));
-    let sql = format!(
-        "SELECT s.email_hash, s.reason, s.expires_at FROM suppressions s \
-         WHERE s.email_hash IN ({wanted}) AND s.expires_at > $2{scoped}"
+    let entries = Statement::from_sql_and_values(
+        backend,
+        format!(
+            "SELECT s.email_hash, s.reason, s.expires_at FROM suppressions s \
+             WHERE s.email_hash IN ({wanted}) AND s.expires_at > $2{scoped}"
+        ),
+        values,
     );
+    let on_list = if list.is_some() {
+        " AND x.list_slug = $2"
+    } else {
+        ""
+    };
+    let mut values = vec![set];
+    values.extend(list.map(|l| Value::from(l.to_string())));
+    let subscribed = Statement::from_sql_and_values(
+        backend,
+        format!(
+            "SELECT p.email_hash, p.restricted, EXISTS (SELECT 1 FROM subscriptions x \
+               WHERE x.subscriber_id = p.id AND x.status = 'confirmed'{on_list}) AS subscribed \
+             FROM subscribers p WHERE p.email_hash IN ({wanted})"
+        ),
+        values,
+    );
+    // Two reads on two pooled connections at once.
+    let (entries, subscribed) =
+        tokio::join!(db.query_all_raw(entries), db.query_all_raw(subscribed));
+
     // With several entries, report the one that lasts longest.
     let mut supp: HashMap<String, (String, DateTime<Utc>)> = HashMap::new();
-    for row in conn
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?
-    {
+    for row in entries? {
         let hash: String = row.try_get("", "email_hash")?;
         let reason: String = row.try_get("", "reason")?;
         let expires: DateTime<Utc> = row.try_get("", "expires_at")?;
@@ -240,24 +258,8 @@ pub async fn check_many<C: ConnectionTrait>(
             }
         }
     }
-
-    let on_list = if list.is_some() {
-        " AND x.list_slug = $2"
-    } else {
-        ""
-    };
-    let mut values = vec![json];
-    values.extend(list.map(|l| Value::from(l.to_string())));
-    let sql = format!(
-        "SELECT p.email_hash, p.restricted, EXISTS (SELECT 1 FROM subscriptions x \
-           WHERE x.subscriber_id = p.id AND x.status = 'confirmed'{on_list}) AS subscribed \
-         FROM subscribers p WHERE p.email_hash IN ({wanted})"
-    );
     let mut people: HashMap<String, (bool, bool)> = HashMap::new();
-    for row in conn
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?
-    {
+    for row in subscribed? {
         let hash: String = row.try_get("", "email_hash")?;
         let restricted: bool = row.try_get("", "restricted")?;
         let subscribed: bool = row.try_get("", "subscribed")?;
