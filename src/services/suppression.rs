@@ -124,18 +124,51 @@ pub async fn add<C: ConnectionTrait>(
     mailchimp_hash: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    let expires_at = config.suppression_retention(reason.as_str()).after(now);
-    let row = suppression::ActiveModel {
+    let row = entry(
+        config,
+        email_hash,
+        scope,
+        reason,
+        source,
+        mailchimp_hash,
+        now,
+    );
+    add_many(conn, vec![row]).await
+}
+
+/// The row of a new entry; its expiry follows `retention`.
+#[allow(clippy::too_many_arguments)]
+pub fn entry(
+    config: &Config,
+    email_hash: &str,
+    scope: &str,
+    reason: Reason,
+    source: Source,
+    mailchimp_hash: Option<String>,
+    now: DateTime<Utc>,
+) -> suppression::ActiveModel {
+    suppression::ActiveModel {
         email_hash: Set(email_hash.to_string()),
         scope: Set(scope.to_string()),
         reason: Set(reason.as_str().to_string()),
         source: Set(source.as_str().to_string()),
         created_at: Set(now),
-        expires_at: Set(expires_at),
+        expires_at: Set(config.suppression_retention(reason.as_str()).after(now)),
         mailchimp_hash: Set(mailchimp_hash),
         ..Default::default()
-    };
-    suppression::Entity::insert(row)
+    }
+}
+
+/// Writes (or renews, where one for the same address and scope exists) the
+/// entries, in one statement.
+pub async fn add_many<C: ConnectionTrait>(
+    conn: &C,
+    rows: Vec<suppression::ActiveModel>,
+) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    suppression::Entity::insert_many(rows)
         .on_conflict(
             OnConflict::columns([suppression::Column::EmailHash, suppression::Column::Scope])
                 .update_columns([

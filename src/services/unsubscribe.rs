@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use entity::{consent_event, outbox, subscriber, subscription};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, Set, sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    sea_query::Expr,
 };
 
 use super::suppression::{self, ALL_LISTS, Reason, Source};
@@ -79,21 +79,36 @@ pub async fn unsubscribe_batch(
     ) -> anyhow::Result<Vec<UnsubscribeOutcome>> {
         let now = state.now();
         let tx = state.begin_write().await?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            out.push(
-                unsubscribe_in(
-                    state,
-                    &*tx,
-                    &j.email_hash,
-                    &j.scope,
-                    j.source,
-                    j.reason,
-                    now,
-                )
-                .await?,
-            );
-        }
+        // The common case (one list each, distinct addresses) goes set-based.
+        let mut seen = std::collections::HashSet::new();
+        let one_list_each: Option<Vec<(&UnsubscribeJob, &str)>> = jobs
+            .iter()
+            .map(|j| match &j.scope {
+                Scope::List(l) if seen.insert(j.email_hash.as_str()) => Some((j, l.as_str())),
+                _ => None,
+            })
+            .collect();
+        let out = match one_list_each {
+            Some(many) if many.len() > 1 => unsubscribe_many_in(state, &*tx, &many, now).await?,
+            _ => {
+                let mut out = Vec::with_capacity(jobs.len());
+                for j in jobs {
+                    out.push(
+                        unsubscribe_in(
+                            state,
+                            &*tx,
+                            &j.email_hash,
+                            &j.scope,
+                            j.source,
+                            j.reason,
+                            now,
+                        )
+                        .await?,
+                    );
+                }
+                out
+            }
+        };
         tx.commit().await?;
         Ok(out)
     }
@@ -159,15 +174,7 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
                 .exec(conn)
                 .await?;
             if sub.status != "confirmed" {
-                // An unconfirmed signup gave no consent worth keeping.
-                consent_event::Entity::delete_many()
-                    .filter(consent_event::Column::EmailHash.eq(email_hash))
-                    .filter(consent_event::Column::ListSlug.eq(&sub.list_slug))
-                    .filter(consent_event::Column::SubscriptionId.is_null())
-                    .filter(consent_event::Column::Kind.eq("requested"))
-                    .filter(consent_event::Column::OccurredAt.gte(sub.created_at))
-                    .exec(conn)
-                    .await?;
+                drop_unconfirmed_consent(conn, email_hash, &sub).await?;
             }
             subscription::Entity::delete_by_id(sub.id)
                 .exec(conn)
@@ -204,28 +211,8 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
         .as_ref()
         .and_then(|p| EmailAddress::parse(&p.email).ok())
         .map(|a| a.mailchimp_hash());
-    // Tell Mailchimp, by subscriber hash only, for each mapped list left;
-    // not when the change came from Mailchimp (it knows, and must not hear
-    // its own change echoed back).
-    let mut queued_sync = false;
-    if let Some(member) = &member_hash
-        && !matches!(source, Source::Mailchimp | Source::Reconcile)
-    {
-        for slug in &left {
-            if let Some(list_id) = state
-                .config
-                .list(slug)
-                .and_then(|l| l.mailchimp_list_id.as_deref())
-            {
-                let job = MailchimpJob::Unsubscribe {
-                    list_id: list_id.to_string(),
-                    hash: member.clone(),
-                };
-                mailchimp_jobs::enqueue(conn, &job, None, now).await?;
-                queued_sync = true;
-            }
-        }
-    }
+    let queued_sync =
+        tell_mailchimp(state, conn, member_hash.as_deref(), &left, source, now).await?;
     for s in scopes {
         let mailchimp_hash = member_hash
             .clone()
@@ -251,6 +238,108 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
     Ok(UnsubscribeOutcome { left, queued_sync })
 }
 
+/// An unconfirmed signup gave no consent worth keeping: its (already
+/// detached) `requested` event goes with it.
+async fn drop_unconfirmed_consent<C: ConnectionTrait>(
+    conn: &C,
+    email_hash: &str,
+    sub: &subscription::Model,
+) -> Result<(), DbErr> {
+    consent_event::Entity::delete_many()
+        .filter(consent_event::Column::EmailHash.eq(email_hash))
+        .filter(consent_event::Column::ListSlug.eq(&sub.list_slug))
+        .filter(consent_event::Column::SubscriptionId.is_null())
+        .filter(consent_event::Column::Kind.eq("requested"))
+        .filter(consent_event::Column::OccurredAt.gte(sub.created_at))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Tells Mailchimp, by subscriber hash only, of each mapped list left; not
+/// when the change came from Mailchimp (it knows, and must not hear its own
+/// change echoed back). Returns whether a job was queued.
+async fn tell_mailchimp<C: ConnectionTrait>(
+    state: &AppState,
+    conn: &C,
+    member_hash: Option<&str>,
+    left: &[String],
+    source: Source,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let Some(member) = member_hash else {
+        return Ok(false);
+    };
+    if matches!(source, Source::Mailchimp | Source::Reconcile) {
+        return Ok(false);
+    }
+    let mut queued = false;
+    for slug in left {
+        if let Some(list_id) = state
+            .config
+            .list(slug)
+            .and_then(|l| l.mailchimp_list_id.as_deref())
+        {
+            let job = MailchimpJob::Unsubscribe {
+                list_id: list_id.to_string(),
+                hash: member.to_string(),
+            };
+            mailchimp_jobs::enqueue(conn, &job, None, now).await?;
+            queued = true;
+        }
+    }
+    Ok(queued)
+}
+
+/// Whether an unsent job must go with the unsubscribe: all of them when the
+/// subscriber is gone, else the confirmation mails for the lists left.
+fn job_concerns(job: &outbox::Model, scope: &Scope, subscriber_gone: bool) -> bool {
+    subscriber_gone
+        || match (scope, job.payload.as_deref()) {
+            (Scope::AllLists, _) => true,
+            (Scope::List(l), Some(p)) => match serde_json::from_str::<MailJob>(p) {
+                Ok(MailJob::Confirm { list, .. }) => &list == l,
+                Err(_) => false,
+            },
+            (Scope::List(_), None) => false,
+        }
+}
+
+/// The unsent jobs about these address hashes.
+async fn unsent_jobs_about<C: ConnectionTrait>(
+    conn: &C,
+    hashes: &[&str],
+) -> Result<Vec<outbox::Model>, DbErr> {
+    outbox::Entity::find()
+        .filter(outbox::Column::SubjectHash.is_in(hashes.iter().copied()))
+        .filter(outbox::Column::Status.is_in(["pending", "in_flight", "dead"]))
+        .all(conn)
+        .await
+}
+
+/// Cancels jobs and clears the payloads that still hold addresses.
+async fn cancel_jobs<C: ConnectionTrait>(
+    conn: &C,
+    ids: Vec<i64>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    outbox::Entity::update_many()
+        .col_expr(outbox::Column::Status, Expr::value("cancelled"))
+        .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))
+        .col_expr(
+            outbox::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
+        .filter(outbox::Column::Id.is_in(ids))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
 /// Cancels unsent jobs that still hold the address: all of them when the
 /// subscriber is gone, else those for the lists left.
 async fn cancel_jobs_about<C: ConnectionTrait>(
@@ -260,28 +349,160 @@ async fn cancel_jobs_about<C: ConnectionTrait>(
     subscriber_gone: bool,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    let jobs = outbox::Entity::find()
-        .filter(outbox::Column::SubjectHash.eq(email_hash))
-        .filter(outbox::Column::Status.is_in(["pending", "in_flight", "dead"]))
+    let ids = unsent_jobs_about(conn, &[email_hash])
+        .await?
+        .iter()
+        .filter(|j| job_concerns(j, scope, subscriber_gone))
+        .map(|j| j.id)
+        .collect();
+    cancel_jobs(conn, ids, now).await
+}
+
+/// Many one-list unsubscribes of distinct addresses inside the caller's
+/// transaction, with a handful of set-based statements for all of them
+/// (what [`unsubscribe_in`] does for one, with the same outcome for each).
+async fn unsubscribe_many_in<C: ConnectionTrait>(
+    state: &AppState,
+    conn: &C,
+    jobs: &[(&UnsubscribeJob, &str)],
+    now: DateTime<Utc>,
+) -> Result<Vec<UnsubscribeOutcome>, DbErr> {
+    use std::collections::{HashMap, HashSet};
+
+    let hashes: Vec<&str> = jobs.iter().map(|(j, _)| j.email_hash.as_str()).collect();
+    let people: HashMap<String, subscriber::Model> = subscriber::Entity::find()
+        .filter(subscriber::Column::EmailHash.is_in(hashes.iter().copied()))
         .all(conn)
-        .await?;
-    for job in jobs {
-        let concerns_scope = match (scope, job.payload.as_deref()) {
-            (Scope::AllLists, _) => true,
-            (Scope::List(l), Some(p)) => match serde_json::from_str::<MailJob>(p) {
-                Ok(MailJob::Confirm { list, .. }) => &list == l,
-                Err(_) => false,
-            },
-            (Scope::List(_), None) => false,
-        };
-        if subscriber_gone || concerns_scope {
-            let mut am = job.into_active_model();
-            am.status = Set("cancelled".into());
-            am.payload = Set(None);
-            am.locked_until = Set(None);
-            am.updated_at = Set(now);
-            am.update(conn).await?;
+        .await?
+        .into_iter()
+        .map(|p| (p.email_hash.clone(), p))
+        .collect();
+    let subs = if people.is_empty() {
+        Vec::new()
+    } else {
+        subscription::Entity::find()
+            .filter(subscription::Column::SubscriberId.is_in(people.values().map(|p| p.id)))
+            .all(conn)
+            .await?
+    };
+
+    // What each job takes away.
+    let mut gone_subs: Vec<&subscription::Model> = Vec::new();
+    let mut gone_people: Vec<i64> = Vec::new();
+    let mut left_by_job: Vec<Vec<String>> = Vec::with_capacity(jobs.len());
+    let mut subscriber_gone: HashSet<&str> = HashSet::new();
+    for (job, list) in jobs {
+        let person = people.get(&job.email_hash);
+        let mut left = Vec::new();
+        let mut remaining = 0;
+        if let Some(p) = person {
+            for s in subs.iter().filter(|s| s.subscriber_id == p.id) {
+                if s.list_slug == *list {
+                    gone_subs.push(s);
+                    left.push(s.list_slug.clone());
+                } else {
+                    remaining += 1;
+                }
+            }
+            if remaining == 0 {
+                gone_people.push(p.id);
+            }
         }
+        if remaining == 0 {
+            subscriber_gone.insert(job.email_hash.as_str());
+        }
+        left_by_job.push(left);
     }
-    Ok(())
+
+    if !gone_subs.is_empty() {
+        // Detach the consent records: they stay, keyed by the address hash,
+        // until the suppression entry expires.
+        consent_event::Entity::update_many()
+            .col_expr(
+                consent_event::Column::SubscriptionId,
+                Expr::value(Option::<i64>::None),
+            )
+            .filter(consent_event::Column::SubscriptionId.is_in(gone_subs.iter().map(|s| s.id)))
+            .exec(conn)
+            .await?;
+        for s in gone_subs.iter().filter(|s| s.status != "confirmed") {
+            let hash = &people
+                .values()
+                .find(|p| p.id == s.subscriber_id)
+                .expect("the subscription's subscriber was loaded")
+                .email_hash;
+            drop_unconfirmed_consent(conn, hash, s).await?;
+        }
+        subscription::Entity::delete_many()
+            .filter(subscription::Column::Id.is_in(gone_subs.iter().map(|s| s.id)))
+            .exec(conn)
+            .await?;
+    }
+    if !gone_people.is_empty() {
+        subscriber::Entity::delete_many()
+            .filter(subscriber::Column::Id.is_in(gone_people))
+            .exec(conn)
+            .await?;
+    }
+
+    let scope_of: HashMap<&str, Scope> = jobs
+        .iter()
+        .map(|(j, l)| (j.email_hash.as_str(), Scope::List(l.to_string())))
+        .collect();
+    let cancel = unsent_jobs_about(conn, &hashes)
+        .await?
+        .iter()
+        .filter(|j| {
+            let h = j.subject_hash.as_deref().unwrap_or_default();
+            scope_of
+                .get(h)
+                .is_some_and(|scope| job_concerns(j, scope, subscriber_gone.contains(h)))
+        })
+        .map(|j| j.id)
+        .collect();
+    cancel_jobs(conn, cancel, now).await?;
+
+    let active: HashSet<(String, String)> = suppression_entities_active(conn, &hashes, now).await?;
+    let mut rows = Vec::new();
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for ((job, list), left) in jobs.iter().zip(left_by_job) {
+        let member_hash = people
+            .get(&job.email_hash)
+            .and_then(|p| EmailAddress::parse(&p.email).ok())
+            .map(|a| a.mailchimp_hash());
+        let queued_sync =
+            tell_mailchimp(state, conn, member_hash.as_deref(), &left, job.source, now).await?;
+        if !active.contains(&(job.email_hash.clone(), list.to_string())) {
+            let mailchimp_hash = member_hash.filter(|_| state.config.mailchimp_mapped(list));
+            rows.push(suppression::entry(
+                &state.config,
+                &job.email_hash,
+                list,
+                job.reason,
+                job.source,
+                mailchimp_hash,
+                now,
+            ));
+        }
+        outcomes.push(UnsubscribeOutcome { left, queued_sync });
+    }
+    suppression::add_many(conn, rows).await?;
+    Ok(outcomes)
+}
+
+/// (hash, scope) of the entries that count now for these hashes.
+async fn suppression_entities_active<C: ConnectionTrait>(
+    conn: &C,
+    hashes: &[&str],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashSet<(String, String)>, DbErr> {
+    use entity::suppression as entry;
+    Ok(entry::Entity::find()
+        .filter(entry::Column::EmailHash.is_in(hashes.iter().copied()))
+        .filter(entry::Column::ExpiresAt.gt(now))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|e| (e.email_hash, e.scope))
+        .collect())
 }

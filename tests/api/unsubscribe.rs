@@ -511,3 +511,77 @@ async fn an_unsubscribe_from_an_unmapped_list_keeps_no_member_hash() {
         None
     );
 }
+
+#[tokio::test]
+async fn concurrent_unsubscribes_share_transactions_and_each_leaves_only_its_list() {
+    let app = spawn_app_with(|c| c.lists.push(second_list())).await;
+    // Ten confirmed on one list, five also on the second, five only pending.
+    let mut urls = Vec::new();
+    for i in 0..10 {
+        let email = format!("many-{i}@example.org");
+        app.subscribe_and_confirm(&email).await;
+        if i < 5 {
+            // Past the per-address resend cooldown.
+            app.clock.advance(chrono::Duration::minutes(11));
+            let link = app.confirmation_link_for(&email, "events").await;
+            assert_eq!(app.http.post(&link).send().await.unwrap().status(), 200);
+        }
+        urls.push((
+            email.clone(),
+            app.unsubscribe_url("newsletter", &email).await,
+        ));
+    }
+    for i in 0..5 {
+        let email = format!("pending-{i}@example.org");
+        app.subscribe(&email).await;
+        urls.push((
+            email.clone(),
+            app.unsubscribe_url("newsletter", &email).await,
+        ));
+    }
+    app.drain_mail().await;
+    assert_eq!(
+        app.subscriptions_of("many-0@example.org").await,
+        vec![
+            ("events".into(), "confirmed".into()),
+            ("newsletter".into(), "confirmed".into())
+        ]
+    );
+
+    let answers = futures_util::future::join_all(urls.iter().map(|(_, u)| app.one_click(u))).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+
+    for (i, (email, _)) in urls.iter().enumerate() {
+        let check = app.check(Some("newsletter"), email).await;
+        assert_eq!(check["suppressed"], true, "{email}");
+        assert_eq!(check["reason"], "unsubscribed");
+        let subs = app.subscriptions_of(email).await;
+        if i < 5 {
+            assert_eq!(subs, vec![("events".into(), "confirmed".into())], "{email}");
+        } else {
+            assert!(subs.is_empty(), "{email}");
+            assert!(
+                app.find_text(email).await.is_empty(),
+                "{email} left no trace"
+            );
+        }
+    }
+    // Consent proof of the confirmed ones stays, detached; the pending ones'
+    // requests go.
+    let detached = app
+        .query(
+            "SELECT COUNT(*) AS n FROM consent_events WHERE subscription_id IS NULL",
+            vec![],
+        )
+        .await[0]
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert_eq!(
+        detached, 20,
+        "requested + confirmed of the ten newsletter subscriptions"
+    );
+    // A second round is a no-op that still answers 200.
+    let again = futures_util::future::join_all(urls.iter().map(|(_, u)| app.one_click(u))).await;
+    assert!(again.iter().all(|r| r.status() == 200));
+    assert_eq!(app.count("suppressions").await, 15);
+}
