@@ -28,6 +28,9 @@ use crate::{
 
 pub type AppState = Arc<State>;
 
+/// What a batch's work returns: an answer per request, in order.
+type BatchFuture<Resp> = std::pin::Pin<Box<dyn Future<Output = Vec<anyhow::Result<Resp>>> + Send>>;
+
 pub struct State {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
@@ -112,27 +115,33 @@ impl State {
         } else {
             4
         };
-        let weak = Arc::downgrade(self);
-        let work: BatchFn<SignupJob, SubscribeOutcome> = Arc::new(move |jobs| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                match weak.upgrade() {
-                    Some(state) => subscribe_batch(&state, jobs).await,
-                    None => jobs
-                        .iter()
-                        .map(|_| Err(anyhow::anyhow!("shutting down")))
-                        .collect(),
-                }
-            })
+        let signups = self.batcher(writers, |state, jobs| {
+            Box::pin(async move { subscribe_batch(&state, jobs).await })
         });
-        let _ = self.signups.set(Batcher::start(writers, 64, work));
+        let _ = self.signups.set(signups);
+        let unsubscribes = self.batcher(writers, |state, jobs| {
+            Box::pin(async move { unsubscribe_batch(&state, jobs).await })
+        });
+        let _ = self.unsubscribes.set(unsubscribes);
+    }
 
+    /// A batcher whose writers run `work` with the state, as long as it lives
+    /// (they hold it weakly, so the state can be dropped).
+    fn batcher<Req, Resp>(
+        self: &Arc<Self>,
+        writers: usize,
+        work: fn(AppState, Vec<Req>) -> BatchFuture<Resp>,
+    ) -> Batcher<Req, Resp>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
         let weak = Arc::downgrade(self);
-        let work: BatchFn<UnsubscribeJob, UnsubscribeOutcome> = Arc::new(move |jobs| {
+        let run: BatchFn<Req, Resp> = Arc::new(move |jobs| {
             let weak = weak.clone();
             Box::pin(async move {
                 match weak.upgrade() {
-                    Some(state) => unsubscribe_batch(&state, jobs).await,
+                    Some(state) => work(state, jobs).await,
                     None => jobs
                         .iter()
                         .map(|_| Err(anyhow::anyhow!("shutting down")))
@@ -140,7 +149,7 @@ impl State {
                 }
             })
         });
-        let _ = self.unsubscribes.set(Batcher::start(writers, 64, work));
+        Batcher::start(writers, 64, run)
     }
 
     pub fn unsubscribes(&self) -> &Batcher<UnsubscribeJob, UnsubscribeOutcome> {
