@@ -564,6 +564,27 @@ async fn a_killed_service_loses_no_queued_job() {
 
     let mut second = spawn();
     wait_for("every member", || subscribed() == emails.len()).await;
+    // The last calls have reached the fake; wait until the worker has also
+    // recorded them done before stopping it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done = app
+            .query(
+                "SELECT COUNT(*) AS n FROM outbox WHERE kind = 'mailchimp' AND status = 'done'",
+                vec![],
+            )
+            .await[0]
+            .try_get::<i64>("", "n")
+            .unwrap();
+        if done == emails.len() as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} jobs recorded done"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     second.kill().unwrap();
     second.wait().unwrap();
     for e in &emails {
