@@ -10,6 +10,7 @@ use crate::{
     domain::EmailAddress,
     secrets,
     services::{
+        privacy::{self, CLI_ACTOR},
         purge,
         suppression::{self, ALL_LISTS, Reason, Source},
     },
@@ -59,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         action: SuppressAction,
     },
+    /// A person's data: export or erase (data-subject rights).
+    Subscriber {
+        #[command(subcommand)]
+        action: SubscriberAction,
+    },
     /// Mailchimp sync.
     Mailchimp {
         #[command(subcommand)]
@@ -87,6 +93,15 @@ pub enum MailchimpAction {
         #[arg(long)]
         list: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriberAction {
+    /// Print everything held about the address, as one JSON document.
+    Export { email: String },
+    /// Erase everything held about the address, queue its removal at
+    /// Mailchimp and suppress it on all lists; prints the receipt.
+    Erase { email: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +227,27 @@ impl Cli {
         Ok(())
     }
 
+    async fn subscriber(&self, action: &SubscriberAction) -> anyhow::Result<()> {
+        let state = self.state().await?;
+        let parse =
+            |e: &str| EmailAddress::parse(e).map_err(|e| anyhow::anyhow!("the address {e}"));
+        match action {
+            SubscriberAction::Export { email } => {
+                let email = parse(email)?;
+                let doc = privacy::export(&state, &email, CLI_ACTOR)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("nothing is held about this address"))?;
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
+            SubscriberAction::Erase { email } => {
+                let email = parse(email)?;
+                let receipt = privacy::erase(&state, &email, CLI_ACTOR).await?;
+                println!("{}", serde_json::to_string_pretty(&receipt)?);
+            }
+        }
+        Ok(())
+    }
+
     async fn mailchimp(&self, action: &MailchimpAction) -> anyhow::Result<()> {
         let state = self.state().await?;
         match action {
@@ -264,6 +300,7 @@ impl Cli {
                 Ok(())
             }
             Command::Suppress { ref action } => self.suppress(action).await,
+            Command::Subscriber { ref action } => self.subscriber(action).await,
             Command::Mailchimp { ref action } => self.mailchimp(action).await,
             Command::Migrate { action } => {
                 let config = Config::load(self.config.as_deref())?;

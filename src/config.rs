@@ -197,6 +197,9 @@ pub struct RetentionConfig {
     pub pending_grace: ConfigDuration,
     /// Period of the purge scheduler inside `serve`.
     pub purge_interval: ConfigDuration,
+    /// How long the audit trail of administrative actions (export, rectify,
+    /// restrict, erase, unsubscribe) is kept; the purge deletes older rows.
+    pub audit: ConfigDuration,
 }
 
 impl Default for RetentionConfig {
@@ -207,6 +210,7 @@ impl Default for RetentionConfig {
             pending: ConfigDuration::Fixed(chrono::Duration::hours(48)),
             pending_grace: ConfigDuration::Fixed(chrono::Duration::days(7)),
             purge_interval: ConfigDuration::Fixed(chrono::Duration::minutes(10)),
+            audit: ConfigDuration::Months(12),
         }
     }
 }
@@ -374,7 +378,7 @@ impl std::str::FromStr for ConfigDuration {
         let s = s.trim();
         let split = s
             .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("duration {s:?} has no unit (s, m, h, d, w, month)"))?;
+            .ok_or_else(|| format!("duration {s:?} has no unit (s, m, h, d, w, month, year)"))?;
         let (num, unit) = s.split_at(split);
         let n: i64 = num
             .parse()
@@ -392,8 +396,13 @@ impl std::str::FromStr for ConfigDuration {
             "month" | "months" => u32::try_from(n)
                 .map(Self::Months)
                 .map_err(|_| format!("duration {s:?} is too large")),
+            "y" | "year" | "years" => u32::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(12))
+                .map(Self::Months)
+                .ok_or_else(|| format!("duration {s:?} is too large")),
             other => Err(format!(
-                "duration {s:?} has an unknown unit {other:?} (s, m, h, d, w, month)"
+                "duration {s:?} has an unknown unit {other:?} (s, m, h, d, w, month, year)"
             )),
         }
     }
@@ -638,6 +647,10 @@ mod tests {
         assert_eq!(
             "1 month".parse::<ConfigDuration>().unwrap(),
             ConfigDuration::Months(1)
+        );
+        assert_eq!(
+            "1 year".parse::<ConfigDuration>().unwrap(),
+            ConfigDuration::Months(12)
         );
         assert!("10 parsecs".parse::<ConfigDuration>().is_err());
         assert!("m".parse::<ConfigDuration>().is_err());

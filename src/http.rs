@@ -207,7 +207,18 @@ impl Plumbing {
         {
             resp.headers_mut().insert("allow", v);
         }
+        let is_html = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html"));
         let h = resp.headers_mut();
+        if is_html && !h.contains_key("content-security-policy") {
+            h.insert(
+                "content-security-policy",
+                crate::pages::CSP.parse().expect("static header"),
+            );
+        }
         h.insert(
             "referrer-policy",
             "no-referrer".parse().expect("static header"),

@@ -151,6 +151,14 @@ impl Templates {
             "confirm_mail.html",
             include_str!("pages/templates/confirm_mail.html"),
         )?;
+        env.add_template(
+            "privacy_mail.txt",
+            include_str!("pages/templates/privacy_mail.txt"),
+        )?;
+        env.add_template(
+            "privacy_mail.html",
+            include_str!("pages/templates/privacy_mail.html"),
+        )?;
         Ok(Self { env })
     }
 
@@ -197,5 +205,36 @@ pub fn render_confirmation(
         subject: format!("{}: {}", t(l, "mail.confirm.subject"), m.list_name),
         text: templates.render("confirm_mail.txt", &ctx)?,
         html: templates.render("confirm_mail.html", &ctx)?,
+    })
+}
+
+/// Renders the mail that answers a self-service privacy request: the link to
+/// carry it out. `kind` is `access` or `erasure`.
+pub fn render_privacy(
+    templates: &Templates,
+    config: &Config,
+    to: &str,
+    kind: &str,
+    url: &str,
+    l: Locale,
+) -> anyhow::Result<OutgoingMail> {
+    let key = |k: &str| t(l, &format!("mail.privacy.{kind}.{k}"));
+    let ctx = minijinja::context! {
+        org_name => config.org.name,
+        url => url,
+        privacy_policy_url => config.org.privacy_policy_url,
+        greeting => t(l, "mail.greeting"),
+        intro => key("intro"),
+        button => key("button"),
+        validity => t(l, "mail.privacy.validity"),
+        not_me => t(l, "mail.privacy.not_me"),
+        policy => t(l, "mail.policy"),
+        lang => l.code(),
+    };
+    Ok(OutgoingMail {
+        to: to.to_string(),
+        subject: key("subject").to_string(),
+        text: templates.render("privacy_mail.txt", &ctx)?,
+        html: templates.render("privacy_mail.html", &ctx)?,
     })
 }

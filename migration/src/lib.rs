@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_initial;
 mod m20261124_000001_mailchimp_sync;
 mod m20261124_000002_foreign_key_indexes;
+mod m20261124_000003_admin_audit;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261124_000001_mailchimp_sync::Migration),
             Box::new(m20261124_000002_foreign_key_indexes::Migration),
+            Box::new(m20261124_000003_admin_audit::Migration),
         ]
     }
 }

@@ -341,6 +341,22 @@ impl<'a, T: Type + serde::de::DeserializeOwned + Send> ApiExtractor<'a> for Json
     }
 }
 
+/// The per-IP limit on requests that send mail (signups, privacy requests):
+/// 429 with a Retry-After past it.
+pub fn check_ip_limit(state: &crate::state::State, req: &Request) -> Result<(), ApiError> {
+    let Some(ip) = client_ip(req) else {
+        return Ok(());
+    };
+    state.ip_limiter.check_key(&ip).map_err(|not_until| {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        ApiError::RateLimited {
+            retry_after_secs: wait.as_secs().max(1),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The HTTP API: one `#[OpenApi]` impl per resource, combined in [`apis`].
 mod extract;
 mod ops;
+mod privacy;
 mod subscribers;
 mod subscriptions;
 mod suppressions;
@@ -25,6 +26,8 @@ pub enum ApiTags {
     Suppressions,
     /// Subscribers, lists and maintenance (administrators).
     Admin,
+    /// Self-service access and erasure, proven by a mailed link.
+    Privacy,
     /// Health and readiness.
     Ops,
 }
@@ -35,6 +38,7 @@ pub type Apis = (
     suppressions::SuppressionsApi,
     subscribers::SubscribersApi,
     sync::SyncApi,
+    privacy::PrivacyApi,
     webhooks::WebhooksApi,
     ops::OpsApi,
 );
@@ -57,6 +61,9 @@ pub fn service(state: AppState) -> OpenApiService<Apis, ()> {
                 state: state.clone(),
             },
             sync::SyncApi {
+                state: state.clone(),
+            },
+            privacy::PrivacyApi {
                 state: state.clone(),
             },
             webhooks::WebhooksApi {

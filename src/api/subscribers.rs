@@ -1,7 +1,9 @@
 //! `/v1/subscribers` and `/v1/lists`: what administrators see and do.
 use chrono::{DateTime, Utc};
 use entity::{subscriber, subscription};
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json, types::MaybeUndefined,
+};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{
@@ -10,12 +12,12 @@ use super::{
 };
 use crate::{
     auth::ApiKey,
-    domain::EmailAddress,
+    domain::{DisplayName, EmailAddress},
     error::{ApiError, ErrorResponse},
     services::{
+        privacy::{self, ErasureReceipt, Export, Rectification},
         purge::{PurgeReport, purge},
-        suppression::{Reason, Source},
-        unsubscribe::{Scope, unsubscribe},
+        unsubscribe::Scope,
     },
     state::AppState,
 };
@@ -91,6 +93,8 @@ pub struct PurgeResult {
     pub address_limits: u64,
     /// Inbound webhook receipts past their week.
     pub webhook_receipts: u64,
+    /// Audit rows past `retention.audit`.
+    pub admin_audit: u64,
 }
 
 impl PurgeResult {
@@ -106,6 +110,7 @@ impl PurgeResult {
             outbox: r.outbox,
             address_limits: r.address_limits,
             webhook_receipts: r.webhook_receipts,
+            admin_audit: r.admin_audit,
         }
     }
 }
@@ -114,6 +119,29 @@ impl PurgeResult {
 pub enum SubscriberResponse {
     #[oai(status = 200)]
     Ok(Json<SubscriberView>),
+}
+
+/// A change to a subscriber: rectify the name, set or lift the restriction.
+#[derive(Debug, Object)]
+pub struct SubscriberPatch {
+    /// The new name; `null` clears it, absent leaves it.
+    pub name: MaybeUndefined<String>,
+    /// Restrict processing (art. 18): kept, never mailed, archived at
+    /// Mailchimp; `false` lifts it and sends the member to Mailchimp again.
+    pub restricted: Option<bool>,
+}
+
+#[derive(ApiResponse)]
+pub enum ExportResponse {
+    /// Everything held about the address, as a JSON attachment.
+    #[oai(status = 200)]
+    Ok(Json<Export>, #[oai(header = "Content-Disposition")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum ErasureResponse {
+    #[oai(status = 200)]
+    Ok(Json<ErasureReceipt>),
 }
 
 #[derive(ApiResponse)]
@@ -261,6 +289,73 @@ impl SubscribersApi {
         Ok(SubscriberResponse::Ok(Json(self.view(p).await?)))
     }
 
+    /// Rectify the name or set/lift the restriction of processing (scope
+    /// `admin`). Restricting archives the member at Mailchimp; lifting it
+    /// sends the member again. 404 when no subscriber has the address.
+    #[oai(path = "/v1/subscribers/:email", method = "patch")]
+    async fn patch(
+        &self,
+        auth: ApiKey,
+        email: Path<String>,
+        body: Json<SubscriberPatch>,
+    ) -> Result<SubscriberResponse, ErrorResponse> {
+        let actor = &auth.admin()?.name;
+        let email = self.parse_email(&email.0)?;
+        let name = match &body.0.name {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(n) => Some(Some(
+                DisplayName::parse(n).map_err(|e| ApiError::validation("name", e.0))?,
+            )),
+        };
+        let change = Rectification {
+            name,
+            restricted: body.0.restricted,
+        };
+        let p = privacy::rectify(&self.state, &email, &change, actor)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        Ok(SubscriberResponse::Ok(Json(self.view(p).await?)))
+    }
+
+    /// Erase everything held about the address (art. 17; scope `admin`):
+    /// subscriber, subscriptions, consent events, tokens and unsent jobs;
+    /// queues the Mailchimp removal on every mapped list and writes an
+    /// `erased` suppression entry for all lists. An address held nowhere
+    /// still gets that entry (200), so it is not mailed.
+    #[oai(path = "/v1/subscribers/:email", method = "delete")]
+    async fn erase(
+        &self,
+        auth: ApiKey,
+        email: Path<String>,
+    ) -> Result<ErasureResponse, ErrorResponse> {
+        let actor = &auth.admin()?.name;
+        let email = self.parse_email(&email.0)?;
+        let receipt = privacy::erase(&self.state, &email, actor).await?;
+        Ok(ErasureResponse::Ok(Json(receipt)))
+    }
+
+    /// Everything held about the address (art. 15 and 20; scope `admin`), as
+    /// a JSON attachment: subscriber, subscriptions, consent events (also
+    /// those kept after an unsubscribe) with the consent texts agreed to,
+    /// suppression entries and pending jobs. 404 when nothing is held.
+    #[oai(path = "/v1/subscribers/:email/export", method = "get")]
+    async fn export(
+        &self,
+        auth: ApiKey,
+        email: Path<String>,
+    ) -> Result<ExportResponse, ErrorResponse> {
+        let actor = &auth.admin()?.name;
+        let email = self.parse_email(&email.0)?;
+        let doc = privacy::export(&self.state, &email, actor)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        Ok(ExportResponse::Ok(
+            Json(doc),
+            "attachment; filename=\"listguard-export.json\"".to_string(),
+        ))
+    }
+
     /// Unsubscribe on the person's behalf: one list, or all lists when `list`
     /// is absent (scope `admin`). Suppresses even an address not on the list.
     #[oai(path = "/v1/subscribers/:email/unsubscribe", method = "post")]
@@ -278,14 +373,8 @@ impl SubscribersApi {
             None => Scope::AllLists,
         };
         let hash = self.state.keys.hasher.hash(&email);
-        let out = unsubscribe(
-            &self.state,
-            &hash,
-            &scope,
-            Source::Admin,
-            Reason::Unsubscribed,
-        )
-        .await?;
+        let actor = &auth.admin()?.name;
+        let out = privacy::unsubscribe_for(&self.state, &hash, &scope, actor).await?;
         Ok(UnsubscribedResponse::Ok(Json(Unsubscribed {
             left: out.left,
         })))

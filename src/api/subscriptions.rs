@@ -176,17 +176,7 @@ impl SubscriptionsApi {
     }
 
     fn check_ip_limit(&self, req: &Request) -> Result<(), ApiError> {
-        let Some(ip) = client_ip(req) else {
-            return Ok(());
-        };
-        self.state.ip_limiter.check_key(&ip).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            ApiError::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
-            }
-        })
+        super::extract::check_ip_limit(&self.state, req)
     }
 
     fn uniform_answer(&self, req: &Request, locale: Option<&str>) -> SubscribeResponse {

@@ -26,6 +26,14 @@ pub enum MailJob {
         token: String,
         locale: String,
     },
+    /// The link that carries out a self-service privacy request.
+    Privacy {
+        to: String,
+        /// `access` or `erasure`.
+        kind: String,
+        token: String,
+        locale: String,
+    },
 }
 
 /// Claims one due mail job and sends it.
@@ -128,7 +136,26 @@ async fn send(state: &AppState, job: MailJob) -> Result<(), JobFailure> {
             )
             .map_err(|e| JobFailure::Permanent(format!("render: {e}")))?
         }
+        MailJob::Privacy {
+            to,
+            kind,
+            token,
+            locale,
+        } => {
+            let locale = Locale::parse(&locale).unwrap_or(Locale::Sv);
+            let url = format!(
+                "{}/v1/privacy/requests/{token}?lang={}",
+                state.config.public_base(),
+                locale.code()
+            );
+            crate::mail::render_privacy(&state.templates, &state.config, &to, &kind, &url, locale)
+                .map_err(|e| JobFailure::Permanent(format!("render: {e}")))?
+        }
     };
+    send_mail(state, mail).await
+}
+
+async fn send_mail(state: &AppState, mail: crate::mail::OutgoingMail) -> Result<(), JobFailure> {
     state.mailer.send(&mail).await.map_err(|e| match e {
         MailError::Transient(m) => JobFailure::Retry(m),
         MailError::Permanent(m) => JobFailure::Permanent(m),

@@ -1,6 +1,8 @@
 //! The use cases. Nothing here knows about HTTP; SQL text stays in the stores.
 pub mod confirm;
 pub mod consent;
+pub mod privacy;
+pub mod privacy_requests;
 pub mod purge;
 pub mod subscribe;
 pub mod suppression;

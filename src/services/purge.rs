@@ -22,6 +22,8 @@ pub struct PurgeReport {
     pub address_limits: u64,
     /// Receipts of inbound webhook deliveries older than a week.
     pub webhook_receipts: u64,
+    /// Audit rows of administrative actions past `retention.audit`.
+    pub admin_audit: u64,
 }
 
 const BATCH: i64 = 1000;
@@ -37,7 +39,7 @@ struct Class {
     /// `SELECT <key> ...` of what is due; `:now` is now, `:pending` the
     /// pending cutoff, `:book` the bookkeeping cutoff, `:dead_mail` the age at
     /// which a dead-lettered mail job goes, `:receipts` the webhook-receipt
-    /// cutoff.
+    /// cutoff, `:audit` the audit-trail cutoff.
     due: &'static str,
     table: &'static str,
     key: &'static str,
@@ -107,6 +109,12 @@ const CLASSES: &[Class] = &[
         // Replays come within hours (Mailchimp retries for 75 minutes).
         due: "SELECT id FROM webhook_receipts WHERE received_at <= :receipts",
     },
+    Class {
+        name: "admin_audit",
+        table: "admin_audit",
+        key: "id",
+        due: "SELECT id FROM admin_audit WHERE at <= :audit",
+    },
 ];
 
 impl PurgeReport {
@@ -120,6 +128,7 @@ impl PurgeReport {
             "tokens" => &mut self.tokens,
             "outbox" => &mut self.outbox,
             "webhook_receipts" => &mut self.webhook_receipts,
+            "admin_audit" => &mut self.admin_audit,
             _ => &mut self.address_limits,
         };
         *slot += n;
@@ -137,6 +146,7 @@ impl PurgeReport {
             ("outbox", self.outbox),
             ("address_limits", self.address_limits),
             ("webhook_receipts", self.webhook_receipts),
+            ("admin_audit", self.admin_audit),
         ]
     }
 }
@@ -184,6 +194,7 @@ pub async fn purge(
                 .before(state.config.retention.pending.before(now))
                 .into(),
         ),
+        ("audit", state.config.retention.audit.before(now).into()),
         ("limit", BATCH.into()),
     ];
     let db = &state.db;

@@ -9,6 +9,8 @@ mod logs;
 mod mailchimp_sync;
 mod ops;
 mod outbox;
+mod privacy;
+mod privacy_requests;
 mod purge;
 mod smtp;
 mod subscribe;
