@@ -127,6 +127,15 @@ pub async fn confirm(
     else {
         return Ok(ConfirmOutcome::Unknown);
     };
+    // A bounce, complaint, block or manual entry that arrived after the
+    // signup: the link no longer confirms (nor reaches Mailchimp).
+    if suppression::blocks_opt_in(&*tx, &person.email_hash, &list.slug, now).await? {
+        tracing::info!(
+            subject = log_id(&person.email_hash),
+            "confirmation refused: suppressed"
+        );
+        return Ok(ConfirmOutcome::Unknown);
+    }
 
     // Conditional on still being pending: of two concurrent POSTs (on
     // PostgreSQL both may have read "pending") only one confirms and records

@@ -237,3 +237,26 @@ async fn two_confirmations_of_one_link_record_consent_once() {
         .await;
     assert_eq!(rows.len(), 1, "one confirmation, one consent event");
 }
+
+#[tokio::test]
+async fn a_link_does_not_confirm_an_address_suppressed_since_the_signup() {
+    let app = spawn_app().await;
+    let link = app.confirmation_link("bounced@example.org").await;
+    // A bounce arrives (Mandrill, an administrator) before the click.
+    let resp = app
+        .admin(reqwest::Method::POST, "/v1/suppressions")
+        .json(&serde_json::json!({"email": "bounced@example.org", "reason": "bounce"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(app.http.post(&link).send().await.unwrap().status(), 404);
+    assert_eq!(
+        app.subscriptions_of("bounced@example.org").await,
+        vec![("newsletter".into(), "pending".into())]
+    );
+    assert_eq!(
+        app.check(Some("newsletter"), "bounced@example.org").await["mailable"],
+        false
+    );
+}
