@@ -66,6 +66,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest body of the bulk sender calls (10,000 addresses), in bytes.
     pub max_bulk_body_bytes: usize,
+    /// Addresses of the load balancers or proxies in front of the service.
+    /// A request from one of them is attributed to the right-most address in
+    /// `X-Forwarded-For` that is not itself a trusted proxy (for the consent
+    /// record and the per-IP limit); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +81,7 @@ impl Default for ServerConfig {
             production: false,
             max_body_bytes: 64 * 1024,
             max_bulk_body_bytes: 4 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }

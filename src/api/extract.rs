@@ -225,8 +225,37 @@ pub fn client_context(req: &Request) -> RequestContext {
     }
 }
 
+/// The client's address: the peer's, or, when the peer is a trusted proxy
+/// (`server.trusted_proxies`), the right-most `X-Forwarded-For` entry that is
+/// not itself a trusted proxy. A client cannot forge it by sending the
+/// header: entries left of the first untrusted one are never read.
 pub fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
-    req.remote_addr().as_socket_addr().map(|a| a.ip())
+    let peer = req.remote_addr().as_socket_addr().map(|a| a.ip())?;
+    let trusted = req
+        .data::<crate::state::AppState>()
+        .map(|s| s.config.server.trusted_proxies.as_slice())
+        .unwrap_or_default();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let mut hops = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    hops.reverse();
+    for hop in hops {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            // Garbage where an address should be: trust nothing beyond it.
+            Err(_) => break,
+        }
+    }
+    Some(peer)
 }
 
 /// A browser form post: `Accept` names `text/html` explicitly.

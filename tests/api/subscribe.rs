@@ -300,3 +300,63 @@ async fn concurrent_signups_share_transactions_and_each_address_gets_one_mail() 
     assert_eq!(app.smtp.mails_to("old-hand@example.org").len(), 1);
     assert_eq!(app.count("consent_events").await, 25 + 2);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_recorded_and_limited() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.limits.subscribe_per_ip_per_minute = 1;
+    })
+    .await;
+    let post = |email: &str, forwarded: &str| {
+        app.http
+            .post(app.url("/v1/subscriptions"))
+            .header("x-forwarded-for", forwarded)
+            .json(&serde_json::json!({"email": email, "consent": true}))
+            .send()
+    };
+    // The left-most entry is whatever the client sent; the proxy appended
+    // the address it saw, which is the one that counts.
+    let first = post("p1@example.org", "10.9.9.9, 203.0.113.7")
+        .await
+        .unwrap();
+    let second = post("p2@example.org", "198.51.100.9").await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (202, 202)
+    );
+    let again = post("p3@example.org", "203.0.113.7").await.unwrap();
+    assert_eq!(again.status(), 429, "the limit is per forwarded client");
+    let rows = app
+        .query("SELECT ip FROM consent_events ORDER BY id", vec![])
+        .await;
+    assert_eq!(
+        rows[0]
+            .try_get::<Option<String>>("", "ip")
+            .unwrap()
+            .as_deref(),
+        Some("203.0.113.7")
+    );
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_a_forwarded_for_header_is_ignored() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .post(app.url("/v1/subscriptions"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .json(&serde_json::json!({"email": "direct@example.org", "consent": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let rows = app.query("SELECT ip FROM consent_events", vec![]).await;
+    assert_eq!(
+        rows[0]
+            .try_get::<Option<String>>("", "ip")
+            .unwrap()
+            .as_deref(),
+        Some("127.0.0.1")
+    );
+}
