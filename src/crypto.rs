@@ -45,3 +45,69 @@ pub fn b64_std_decode(s: &str) -> Option<Vec<u8>> {
 pub fn b64_std_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// Seals `plain` under a key derived from `token` (AES-256-GCM, random
+/// nonce): only the holder of the token can open it. Standard base64.
+pub fn seal_with_token(token: &str, plain: &str) -> String {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let key =
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &token_key(token)).expect("a 32-byte key"));
+    let nonce_bytes: [u8; 12] = random_bytes(12).try_into().expect("12 bytes");
+    let mut data = plain.as_bytes().to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce_bytes),
+        Aad::empty(),
+        &mut data,
+    )
+    .expect("sealing in memory does not fail");
+    let mut out = nonce_bytes.to_vec();
+    out.extend(data);
+    b64_std_encode(&out)
+}
+
+/// Opens what [`seal_with_token`] sealed; `None` for a wrong token or
+/// tampered data.
+pub fn open_with_token(token: &str, sealed: &str) -> Option<String> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let raw = b64_std_decode(sealed)?;
+    if raw.len() < 12 {
+        return None;
+    }
+    let (nonce, rest) = raw.split_at(12);
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &token_key(token)).ok()?);
+    let mut data = rest.to_vec();
+    let plain = key
+        .open_in_place(
+            Nonce::try_assume_unique_for_key(nonce).ok()?,
+            Aad::empty(),
+            &mut data,
+        )
+        .ok()?;
+    String::from_utf8(plain.to_vec()).ok()
+}
+
+/// The sealing key of a token: a purpose-bound HMAC of it.
+fn token_key(token: &str) -> [u8; 32] {
+    hmac_sha256(token.as_bytes(), b"listguard privacy-request address")
+}
+
+#[cfg(test)]
+mod sealing_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_token_opens_what_it_sealed() {
+        let t = random_token();
+        let sealed = seal_with_token(&t, "ada@example.org");
+        assert!(!sealed.contains("ada"));
+        assert_eq!(
+            open_with_token(&t, &sealed).as_deref(),
+            Some("ada@example.org")
+        );
+        assert_eq!(open_with_token(&random_token(), &sealed), None);
+        let mut tampered = b64_std_decode(&sealed).unwrap();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(open_with_token(&t, &b64_std_encode(&tampered)), None);
+    }
+}

@@ -16,6 +16,11 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
     pub used_at: Option<DateTimeUtc>,
+    /// Privacy requests only: the address, sealed under a key derived from
+    /// the mailed token (unreadable without the link).
+    pub sealed_address: Option<String>,
+    /// Privacy requests only: the keyed address hash (the cooldown's key).
+    pub subject_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ mod m20261123_000001_initial;
 mod m20261124_000001_mailchimp_sync;
 mod m20261124_000002_foreign_key_indexes;
 mod m20261124_000003_admin_audit;
+mod m20261124_000004_sealed_request_address;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_mailchimp_sync::Migration),
             Box::new(m20261124_000002_foreign_key_indexes::Migration),
             Box::new(m20261124_000003_admin_audit::Migration),
+            Box::new(m20261124_000004_sealed_request_address::Migration),
         ]
     }
 }

@@ -4,16 +4,16 @@
 //! page carries the request out.
 //!
 //! The answer to the request never tells what is known about an address:
-//! only an address with a subscriber gets the mail, and at most one per
-//! cooldown. These mails go out even to a restricted or suppressed address:
+//! only an address the service holds something about gets the mail, and at
+//! most one mail per address per cooldown. These mails go out even to a restricted or suppressed address:
 //! they answer a request, they are not marketing.
 use chrono::{DateTime, Utc};
-use entity::{subscriber, token};
+use entity::{consent_event, subscriber, suppression, token};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
 
 use super::privacy::{self, ErasureReceipt, Export};
 use crate::{
-    crypto::{random_token, sha256_hex},
+    crypto::{open_with_token, random_token, seal_with_token, sha256_hex},
     domain::EmailAddress,
     i18n::Locale,
     outbox::{JobKind, enqueue, mail_worker::MailJob},
@@ -67,8 +67,11 @@ const COOLDOWN: chrono::Duration = chrono::Duration::minutes(10);
 /// The actor the audit trail records for a person acting for themselves.
 pub const SELF_SERVICE: &str = "self-service";
 
-/// Queues the mail with the link, when the address has a subscriber and no
-/// such mail went out within the cooldown. Says nothing about which it was.
+/// Queues the mail with the link, when the service holds anything about the
+/// address (a subscriber, a suppression entry, kept consent proof) and no
+/// mail went to it within the cooldown. Says nothing about which it was.
+/// The token row keeps the address sealed under a key derived from the
+/// mailed token: unreadable in the database, opened only by the link.
 #[tracing::instrument(skip_all, fields(kind = kind.as_str()))]
 pub async fn request(
     state: &AppState,
@@ -79,19 +82,30 @@ pub async fn request(
     let hash = state.keys.hasher.hash(email);
     let now = state.now();
     let tx = state.begin_write().await?;
-    let Some(person) = subscriber::Entity::find()
+    let person = subscriber::Entity::find()
         .filter(subscriber::Column::EmailHash.eq(&hash))
         .one(&*tx)
-        .await?
-    else {
+        .await?;
+    let known = person.is_some()
+        || suppression::Entity::find()
+            .filter(suppression::Column::EmailHash.eq(&hash))
+            .count(&*tx)
+            .await?
+            > 0
+        || consent_event::Entity::find()
+            .filter(consent_event::Column::EmailHash.eq(&hash))
+            .count(&*tx)
+            .await?
+            > 0;
+    if !known {
         tracing::info!(
             subject = log_id(&hash),
             "privacy request for an unknown address: no mail"
         );
         return Ok(());
-    };
+    }
     let recent = token::Entity::find()
-        .filter(token::Column::SubscriberId.eq(person.id))
+        .filter(token::Column::SubjectHash.eq(&hash))
         .filter(token::Column::Purpose.is_in(["privacy_access", "privacy_erasure"]))
         .filter(token::Column::CreatedAt.gt(now - COOLDOWN))
         .count(&*tx)
@@ -108,16 +122,18 @@ pub async fn request(
         token_hash: Set(sha256_hex(raw.as_bytes())),
         purpose: Set(kind.purpose().into()),
         subscription_id: Set(None),
-        subscriber_id: Set(Some(person.id)),
+        subscriber_id: Set(person.as_ref().map(|p| p.id)),
         created_at: Set(now),
         expires_at: Set(now + VALIDITY),
         used_at: Set(None),
+        sealed_address: Set(Some(seal_with_token(&raw, email.as_str()))),
+        subject_hash: Set(Some(hash.clone())),
         ..Default::default()
     }
     .insert(&*tx)
     .await?;
     let mail = MailJob::Privacy {
-        to: person.email.clone(),
+        to: email.as_str().to_string(),
         kind: kind.as_str().into(),
         token: raw,
         locale: locale.code().into(),
@@ -164,13 +180,14 @@ async fn load(state: &AppState, raw: &str) -> Result<Option<Loaded>, sea_orm::Db
     let Some(kind) = Kind::from_purpose(&t.purpose) else {
         return Ok(None);
     };
-    let Some(id) = t.subscriber_id else {
+    let Some(address) = t
+        .sealed_address
+        .as_deref()
+        .and_then(|sealed| open_with_token(raw, sealed))
+    else {
         return Ok(None);
     };
-    let Some(person) = subscriber::Entity::find_by_id(id).one(&state.db).await? else {
-        return Ok(None);
-    };
-    let Ok(email) = EmailAddress::parse(&person.email) else {
+    let Ok(email) = EmailAddress::parse(&address) else {
         return Ok(None);
     };
     Ok(Some(Loaded {

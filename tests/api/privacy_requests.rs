@@ -169,3 +169,45 @@ async fn an_expired_link_gets_a_410_page_and_changes_nothing() {
     let bogus = app.url("/v1/privacy/requests/not-a-real-token");
     assert_eq!(app.http.get(&bogus).send().await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn someone_who_left_every_list_can_still_get_the_consent_proof_kept_about_them() {
+    let app = spawn_app().await;
+    let email = "left@example.org";
+    app.subscribe_and_confirm(email).await;
+    let url = app.unsubscribe_url("newsletter", email).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    assert!(app.subscriptions_of(email).await.is_empty());
+
+    let link = link_for(&app, email, "access").await;
+    assert!(
+        app.find_text(email).await.is_empty(),
+        "the pending request keeps the address only sealed"
+    );
+    let doc: Value = app
+        .http
+        .post(&link)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = doc.to_string();
+    assert!(
+        text.contains("\"confirmed\""),
+        "the detached consent proof: {text}"
+    );
+    assert!(text.contains("unsubscribed"), "the suppression entry");
+
+    // At most one such mail per address within the cooldown.
+    assert_eq!(ask(&app, email, "access").await.0, 202);
+    app.drain_mail().await;
+    let privacy_mails = app
+        .smtp
+        .mails_to(email)
+        .iter()
+        .filter(|m| m.text().contains("/v1/privacy/requests/"))
+        .count();
+    assert_eq!(privacy_mails, 1);
+}
