@@ -304,6 +304,17 @@ impl TestApp {
 
 impl TestApp {
     /// A request with the admin key.
+    /// An admin call without a body, answered with JSON.
+    pub async fn admin_json(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        self.admin(method, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.url(path))

@@ -181,14 +181,7 @@ async fn confirm_unsubscribe_and_expiry_reach_the_audience_and_no_job_keeps_the_
 
     // A month on, the suppression entry expires and the member is archived.
     app.clock.advance(chrono::Duration::days(31));
-    let report: serde_json::Value = app
-        .admin(Method::POST, "/v1/admin/purge")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: serde_json::Value = app.admin_json(Method::POST, "/v1/admin/purge").await;
     assert_eq!(report["mailchimp_jobs"], 1);
     assert!(app.find_text("freddiesjokes").await.is_empty());
     app.settle_sync().await;
@@ -351,14 +344,7 @@ async fn dead_letters_are_visible_and_retryable() {
     .await;
     app.subscribe_and_confirm("dead@example.org").await;
     app.settle_sync().await;
-    let status: serde_json::Value = app
-        .admin(Method::GET, "/v1/sync")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = app.admin_json(Method::GET, "/v1/sync").await;
     assert_eq!(status["dead"], 1);
     let letter = &status["dead_letters"][0];
     assert_eq!(letter["op"], "upsert");
@@ -469,14 +455,7 @@ async fn reconcile_reports_drift_on_a_dry_run_and_repairs_it_otherwise() {
         (0, 0, 0),
         "both sides agree afterwards"
     );
-    let status: serde_json::Value = app
-        .admin(Method::GET, "/v1/sync")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = app.admin_json(Method::GET, "/v1/sync").await;
     assert_eq!(status["lists"][0]["last_reconcile"]["unsubscribed_here"], 1);
 }
 

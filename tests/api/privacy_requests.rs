@@ -143,14 +143,7 @@ async fn a_self_service_erasure_leaves_no_trace_and_reaches_mailchimp() {
         fake.member("a6b5da1054", &hash).unwrap().archived,
         "the member is removed at Mailchimp"
     );
-    let status: Value = app
-        .admin(Method::GET, "/v1/sync")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = app.admin_json(Method::GET, "/v1/sync").await;
     assert_eq!(status["dead"], 0);
 }
 

@@ -25,14 +25,7 @@ async fn an_entry_from_the_31st_of_january_stops_counting_at_the_end_of_february
         app.check(Some("newsletter"), "jan@example.org").await["suppressed"],
         true
     );
-    let report: serde_json::Value = app
-        .admin(Method::POST, "/v1/admin/purge")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: serde_json::Value = app.admin_json(Method::POST, "/v1/admin/purge").await;
     assert_eq!(report["suppressions"], 0);
     assert_eq!(app.count("consent_events").await, 2);
 
@@ -44,13 +37,8 @@ async fn an_entry_from_the_31st_of_january_stops_counting_at_the_end_of_february
     );
 
     let dry: serde_json::Value = app
-        .admin(Method::POST, "/v1/admin/purge?dry_run=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_json(Method::POST, "/v1/admin/purge?dry_run=true")
+        .await;
     assert_eq!(dry["suppressions"], 1);
     assert_eq!(
         dry["consent_events"], 2,
@@ -62,14 +50,7 @@ async fn an_entry_from_the_31st_of_january_stops_counting_at_the_end_of_february
         "a dry run deletes nothing"
     );
 
-    let report: serde_json::Value = app
-        .admin(Method::POST, "/v1/admin/purge")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: serde_json::Value = app.admin_json(Method::POST, "/v1/admin/purge").await;
     assert_eq!(report["suppressions"], 1);
     assert_eq!(report["consent_events"], 2);
     assert_eq!(app.count("suppressions").await, 0);
@@ -110,26 +91,14 @@ async fn a_pending_subscription_past_expiry_and_grace_is_deleted_with_its_rows()
 
     app.clock.advance(chrono::Duration::seconds(1));
     let dry: serde_json::Value = app
-        .admin(Method::POST, "/v1/admin/purge?dry_run=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_json(Method::POST, "/v1/admin/purge?dry_run=true")
+        .await;
     assert_eq!(dry["pending_subscriptions"], 1);
     assert_eq!(
         dry["subscribers"], 1,
         "a dry run counts the subscriber the pending signup leaves behind"
     );
-    let report: serde_json::Value = app
-        .admin(Method::POST, "/v1/admin/purge")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: serde_json::Value = app.admin_json(Method::POST, "/v1/admin/purge").await;
     assert_eq!(report["pending_subscriptions"], 1);
     assert_eq!(report["subscribers"], 1);
     assert!(app.subscriptions_of("never@example.org").await.is_empty());

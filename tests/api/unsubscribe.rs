@@ -308,14 +308,7 @@ async fn an_administrator_unsubscribes_on_a_persons_behalf() {
     let view: serde_json::Value = view.json().await.unwrap();
     assert_eq!(view["subscriptions"].as_array().unwrap().len(), 2);
 
-    let lists: serde_json::Value = app
-        .admin(Method::GET, "/v1/lists")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lists: serde_json::Value = app.admin_json(Method::GET, "/v1/lists").await;
     assert_eq!(lists["lists"][0]["confirmed"], 1);
 
     let resp = app
@@ -361,14 +354,7 @@ async fn subscribers_are_paged_with_a_cursor() {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let page: serde_json::Value = app
-            .admin(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: serde_json::Value = app.admin_json(Method::GET, &path).await;
         for item in page["items"].as_array().unwrap() {
             seen.push(item["email"].as_str().unwrap().to_string());
         }
@@ -405,14 +391,7 @@ async fn suppression_entries_can_be_listed_and_removed_by_an_administrator() {
     assert_eq!(entry["reason"], "manual");
     assert_eq!(entry["scope"], "newsletter");
     assert!(!entry.to_string().contains("oops"));
-    let page: serde_json::Value = app
-        .admin(Method::GET, "/v1/suppressions")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = app.admin_json(Method::GET, "/v1/suppressions").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     let del = app
         .admin(
