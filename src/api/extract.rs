@@ -386,6 +386,20 @@ pub fn check_ip_limit(state: &crate::state::State, req: &Request) -> Result<(), 
     })
 }
 
+/// The language of a page or mail: `?lang=`, else `Accept-Language`, else
+/// `org.default_locale`.
+pub fn page_locale(
+    state: &crate::state::State,
+    req: &Request,
+    lang: Option<&str>,
+) -> crate::i18n::Locale {
+    crate::i18n::Locale::negotiate(
+        lang,
+        req.header("accept-language"),
+        &state.config.org.default_locale,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,11 +133,7 @@ const ACCEPTED: &str =
 
 impl PrivacyApi {
     fn locale(&self, req: &Request, lang: Option<&str>) -> Locale {
-        Locale::negotiate(
-            lang,
-            req.header("accept-language"),
-            &self.state.config.org.default_locale,
-        )
+        super::extract::page_locale(&self.state, req, lang)
     }
 
     fn page(&self, l: Locale, title: &'static str, body: &'static str) -> String {

@@ -151,11 +151,7 @@ impl SubscriptionsApi {
         let locale = match body.locale.as_deref() {
             Some(l) => Locale::parse(l)
                 .ok_or_else(|| ApiError::validation("locale", "must be sv or en"))?,
-            None => Locale::negotiate(
-                None,
-                req.header("accept-language"),
-                &config.org.default_locale,
-            ),
+            None => self.locale(req, None),
         };
         let source = match body.source {
             Some(s) if s.chars().count() > 200 || s.chars().any(char::is_control) => {
@@ -181,11 +177,7 @@ impl SubscriptionsApi {
 
     fn uniform_answer(&self, req: &Request, locale: Option<&str>) -> SubscribeResponse {
         if wants_html(req) {
-            let lang = Locale::negotiate(
-                locale,
-                req.header("accept-language"),
-                &self.state.config.org.default_locale,
-            );
+            let lang = self.locale(req, locale);
             return SubscribeResponse::SeeOther(format!(
                 "{}/v1/subscriptions/check-inbox?lang={}",
                 self.state.config.public_base(),
@@ -200,11 +192,7 @@ impl SubscriptionsApi {
     }
 
     fn locale(&self, req: &Request, lang: Option<&str>) -> Locale {
-        Locale::negotiate(
-            lang,
-            req.header("accept-language"),
-            &self.state.config.org.default_locale,
-        )
+        super::extract::page_locale(&self.state, req, lang)
     }
 
     fn token_page(

@@ -69,11 +69,7 @@ pub struct OneClickForm {
 
 impl UnsubscribeApi {
     fn locale(&self, req: &Request, lang: Option<&str>) -> Locale {
-        Locale::negotiate(
-            lang,
-            req.header("accept-language"),
-            &self.state.config.org.default_locale,
-        )
+        super::extract::page_locale(&self.state, req, lang)
     }
 
     fn not_found(&self, l: Locale, json: bool) -> PageResponse {
