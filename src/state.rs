@@ -54,6 +54,13 @@ pub struct State {
     signups: OnceLock<Batcher<SignupJob, SubscribeOutcome>>,
     /// The unsubscribe batcher, likewise.
     unsubscribes: OnceLock<Batcher<UnsubscribeJob, UnsubscribeOutcome>>,
+    /// Consent texts (list, version) this process has seen committed, so a
+    /// signup batch need not store them again.
+    consent_texts_stored: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Signup batches whose set-based statements failed for a reason other
+    /// than a concurrent insert, so that their signups went one by one:
+    /// correct but slow, and a sign of a bug.
+    pub signup_batch_failures: std::sync::atomic::AtomicU64,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write lock.
@@ -104,22 +111,27 @@ impl State {
             sqlite_write_lock,
             signups: OnceLock::new(),
             unsubscribes: OnceLock::new(),
+            consent_texts_stored: Default::default(),
+            signup_batch_failures: Default::default(),
         })
     }
 
-    /// Starts the writer tasks that coalesce concurrent writes. PostgreSQL
-    /// gets a few writers so that round trips overlap; SQLite has one writer.
+    /// Starts the writer tasks that coalesce concurrent writes. SQLite has
+    /// one writer. On PostgreSQL a signup batch of new addresses is one
+    /// statement, so two writers suffice (one batch fills while the other
+    /// commits; more writers only make the batches smaller); an unsubscribe
+    /// batch takes several round trips, which four writers overlap.
     pub fn start_batchers(self: &Arc<Self>) {
-        let writers = if self.sqlite_write_lock.is_some() {
-            1
+        let (signup_writers, unsubscribe_writers) = if self.sqlite_write_lock.is_some() {
+            (1, 1)
         } else {
-            4
+            (2, 4)
         };
-        let signups = self.batcher(writers, |state, jobs| {
+        let signups = self.batcher(signup_writers, |state, jobs| {
             Box::pin(async move { subscribe_batch(&state, jobs).await })
         });
         let _ = self.signups.set(signups);
-        let unsubscribes = self.batcher(writers, |state, jobs| {
+        let unsubscribes = self.batcher(unsubscribe_writers, |state, jobs| {
             Box::pin(async move { unsubscribe_batch(&state, jobs).await })
         });
         let _ = self.unsubscribes.set(unsubscribes);
@@ -184,6 +196,22 @@ impl State {
             None => self.db.begin().await?,
         };
         Ok(WriteTx { txn, _guard: guard })
+    }
+
+    /// Whether this list's current consent text is known to be stored.
+    pub fn consent_text_stored(&self, list: &crate::config::ListConfig) -> bool {
+        self.consent_texts_stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(list.slug.clone(), list.consent_version.clone()))
+    }
+
+    /// Records consent texts stored by a transaction that has committed.
+    pub fn mark_consent_texts_stored(&self, keys: impl IntoIterator<Item = (String, String)>) {
+        self.consent_texts_stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keys);
     }
 
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {

@@ -17,7 +17,7 @@ pub enum ConsentKind {
 }
 
 impl ConsentKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Requested => "requested",
             Self::Confirmed => "confirmed",

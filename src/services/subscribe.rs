@@ -4,12 +4,11 @@
 //! inside the request), at most once per cooldown and a few times a day.
 use chrono::{DateTime, Utc};
 use entity::{
-    address_limit, consent_event, outbox as outbox_model, subscriber, subscription,
-    suppression as suppression_model, token,
+    address_limit, consent_event, outbox as outbox_model, subscriber, subscription, token,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, Set, Statement,
 };
 
 use super::{
@@ -26,6 +25,11 @@ use crate::{
     secrets::log_id,
     state::AppState,
 };
+
+/// The status of a subscription waiting for its confirmation.
+const PENDING: &str = "pending";
+/// The purpose of the token in a confirmation mail.
+const CONFIRM_PURPOSE: &str = "confirm";
 
 /// A valid signup.
 #[derive(Debug)]
@@ -71,33 +75,47 @@ pub async fn subscribe(
     Ok(outcome)
 }
 
-/// Carries out a batch of signups: one transaction and set-based statements
-/// for the common case (addresses the database has never seen), the general
-/// path inside the same transaction for the rest. Should the batch fail (a
-/// concurrent replica inserted the same address), each signup is retried on
-/// its own.
+/// Carries out a batch of signups. Addresses the database has never seen
+/// take set-based statements: on PostgreSQL one statement, committed on its
+/// own, that leaves out any address that turns out to be known; on SQLite
+/// multi-row inserts in the batch's transaction. Everything else takes the
+/// general path in one shared transaction. Should a statement fail (a
+/// concurrent replica inserted the same address), each signup that has no
+/// outcome yet is retried on its own.
 pub async fn subscribe_batch(
     state: &AppState,
     jobs: Vec<SignupJob>,
 ) -> Vec<anyhow::Result<SubscribeOutcome>> {
-    let outcomes = match try_batch(state, &jobs).await {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, size = jobs.len(), "signup batch failed; retrying one by one");
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                out.push(subscribe_one(state, &job.req, &job.ctx, &job.hash).await);
-            }
-            out
+    let mut outcomes: Vec<Option<SubscribeOutcome>> = vec![None; jobs.len()];
+    match try_batch(state, &jobs, &mut outcomes).await {
+        Ok(()) => {}
+        Err(e) if is_unique_violation(&e) => {
+            tracing::debug!(
+                size = jobs.len(),
+                "a signup batch met a concurrent insert; retrying one by one"
+            );
         }
-    };
-    if outcomes
+        Err(e) => {
+            state
+                .signup_batch_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, size = jobs.len(), "signup batch failed; retrying one by one");
+        }
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        out.push(match outcome {
+            Some(o) => Ok(o),
+            None => subscribe_one(state, &job.req, &job.ctx, &job.hash).await,
+        });
+    }
+    if out
         .iter()
         .any(|o| matches!(o, Ok(SubscribeOutcome::MailQueued)))
     {
         state.outbox_notify.notify_one();
     }
-    outcomes
+    out
 }
 
 /// One signup in its own transaction, retried when a concurrent request won
@@ -118,180 +136,361 @@ async fn subscribe_one(
     unreachable!("the loop returns on its last attempt")
 }
 
-async fn try_batch(state: &AppState, jobs: &[SignupJob]) -> Result<Vec<SubscribeOutcome>, DbErr> {
-    use std::collections::{HashMap, HashSet};
+/// A signup batch's address the database has never seen, with everything
+/// its rows hold. Serialised, it is the one parameter of the PostgreSQL
+/// statement that inserts a whole batch.
+#[derive(serde::Serialize)]
+struct FreshSignup<'a> {
+    email: &'a str,
+    email_hash: &'a str,
+    name: Option<&'a str>,
+    locale: &'static str,
+    list_slug: &'a str,
+    source: Option<&'a str>,
+    token_hash: String,
+    ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    consent_version: &'a str,
+    consent_sha256: String,
+    /// The confirmation mail job: it holds the address and the raw token.
+    payload: String,
+}
+
+/// Fills in `outcomes`. A signup keeps `None` only when the statement that
+/// would have carried it failed, so that nothing of it was committed.
+async fn try_batch(
+    state: &AppState,
+    jobs: &[SignupJob],
+    outcomes: &mut [Option<SubscribeOutcome>],
+) -> Result<(), DbErr> {
+    use std::collections::HashSet;
 
     let now = state.now();
-    let config = &state.config;
+    // The first signup of each address may take the fast path; a repeat
+    // within the batch takes the general one, after it.
+    let mut seen = HashSet::new();
+    let firsts: Vec<usize> = (0..jobs.len())
+        .filter(|&i| seen.insert(jobs[i].hash.as_str()))
+        .collect();
+    let rows = fresh_rows(state, jobs, &firsts, now).await?;
+
+    if state.db.get_database_backend() == DbBackend::Postgres {
+        for r in insert_fresh_postgres(state, &rows, now).await? {
+            outcomes[firsts[r]] = Some(SubscribeOutcome::MailQueued);
+        }
+        if outcomes.iter().all(Option::is_some) {
+            return Ok(());
+        }
+        let tx = state.begin_write().await?;
+        let mut general = Vec::new();
+        for (i, j) in jobs.iter().enumerate() {
+            if outcomes[i].is_none() {
+                general.push((
+                    i,
+                    subscribe_in(state, &*tx, &j.req, &j.ctx, &j.hash, now).await?,
+                ));
+            }
+        }
+        tx.commit().await?;
+        for (i, o) in general {
+            outcomes[i] = Some(o);
+        }
+        return Ok(());
+    }
+
     let tx = state.begin_write().await?;
     let conn = &*tx;
-    let hashes: Vec<&str> = jobs.iter().map(|j| j.hash.as_str()).collect();
-
     // Anything the database already knows about an address takes the general path.
-    let mut known: HashSet<String> = HashSet::new();
-    for chunk in hashes.chunks(500) {
-        let c = chunk.iter().copied();
-        known.extend(
-            suppression_model::Entity::find()
-                .select_only()
-                .column(suppression_model::Column::EmailHash)
-                .filter(suppression_model::Column::EmailHash.is_in(c.clone()))
-                .into_tuple::<String>()
-                .all(conn)
-                .await?,
-        );
-        known.extend(
-            subscriber::Entity::find()
-                .select_only()
-                .column(subscriber::Column::EmailHash)
-                .filter(subscriber::Column::EmailHash.is_in(c.clone()))
-                .into_tuple::<String>()
-                .all(conn)
-                .await?,
-        );
-        known.extend(
-            address_limit::Entity::find()
-                .select_only()
-                .column(address_limit::Column::EmailHash)
-                .filter(address_limit::Column::EmailHash.is_in(c))
-                .into_tuple::<String>()
-                .all(conn)
-                .await?,
-        );
+    let known = known_addresses(conn, jobs).await?;
+    let (fresh, _): (Vec<_>, Vec<_>) = firsts
+        .iter()
+        .zip(rows)
+        .partition(|(i, _)| !known.contains(&jobs[**i].hash));
+    let (fresh, rows): (HashSet<usize>, Vec<FreshSignup>) =
+        fresh.into_iter().map(|(i, r)| (*i, r)).unzip();
+    if !rows.is_empty() {
+        insert_fresh(state, conn, &rows, now).await?;
     }
-    let mut fresh = Vec::new();
-    let mut general = Vec::new();
-    let mut seen = HashSet::new();
+    let mut all = Vec::with_capacity(jobs.len());
     for (i, j) in jobs.iter().enumerate() {
-        if known.contains(&j.hash) || !seen.insert(j.hash.as_str()) {
-            general.push(i);
+        all.push(if fresh.contains(&i) {
+            SubscribeOutcome::MailQueued
         } else {
-            fresh.push(i);
-        }
-    }
-    let mut outcomes: Vec<Option<SubscribeOutcome>> = vec![None; jobs.len()];
-
-    if !fresh.is_empty() {
-        let token_expires = config.retention.pending.after(now);
-        let people = subscriber::Entity::insert_many(fresh.iter().map(|&i| {
-            let j = &jobs[i];
-            subscriber::ActiveModel {
-                email: Set(j.req.email.as_str().to_string()),
-                email_hash: Set(j.hash.clone()),
-                name: Set(j.req.name.as_ref().map(|n| n.as_str().to_string())),
-                locale: Set(j.req.locale.code().to_string()),
-                restricted: Set(false),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            }
-        }))
-        .exec_with_returning(conn)
-        .await?;
-        let person_of: HashMap<&str, &subscriber::Model> =
-            people.iter().map(|p| (p.email_hash.as_str(), p)).collect();
-        let subs = subscription::Entity::insert_many(fresh.iter().map(|&i| {
-            let j = &jobs[i];
-            subscription::ActiveModel {
-                subscriber_id: Set(person_of[j.hash.as_str()].id),
-                list_slug: Set(j.req.list.slug.clone()),
-                status: Set("pending".into()),
-                source: Set(j.req.source.clone()),
-                created_at: Set(now),
-                confirmed_at: Set(None),
-                pending_expires_at: Set(Some(token_expires)),
-                ..Default::default()
-            }
-        }))
-        .exec_with_returning(conn)
-        .await?;
-        let sub_of: HashMap<i64, i64> = subs.iter().map(|s| (s.subscriber_id, s.id)).collect();
-
-        let mut shas: HashMap<(String, String), String> = HashMap::new();
-        for &i in &fresh {
-            let list = &jobs[i].req.list;
-            let key = (list.slug.clone(), list.consent_version.clone());
-            if let std::collections::hash_map::Entry::Vacant(slot) = shas.entry(key) {
-                slot.insert(consent::ensure_text(conn, list, now).await?);
-            }
-        }
-
-        let mut tokens = Vec::with_capacity(fresh.len());
-        let mut events = Vec::with_capacity(fresh.len());
-        let mut mails = Vec::with_capacity(fresh.len());
-        let mut limits = Vec::with_capacity(fresh.len());
-        let today = now.format("%Y-%m-%d").to_string();
-        for &i in &fresh {
-            let j = &jobs[i];
-            let person = person_of[j.hash.as_str()];
-            let sub_id = sub_of[&person.id];
-            let raw = random_token();
-            tokens.push(token::ActiveModel {
-                token_hash: Set(sha256_hex(raw.as_bytes())),
-                purpose: Set("confirm".into()),
-                subscription_id: Set(Some(sub_id)),
-                subscriber_id: Set(Some(person.id)),
-                created_at: Set(now),
-                expires_at: Set(token_expires),
-                used_at: Set(None),
-                ..Default::default()
-            });
-            let list = &j.req.list;
-            events.push(consent::event_model(
-                config,
-                list,
-                sub_id,
-                &j.hash,
-                ConsentKind::Requested,
-                j.req.source.clone(),
-                &j.ctx,
-                shas[&(list.slug.clone(), list.consent_version.clone())].clone(),
-                now,
-            ));
-            let job = MailJob::Confirm {
-                to: person.email.clone(),
-                name: person.name.clone(),
-                list: list.slug.clone(),
-                token: raw,
-                locale: j.req.locale.code().to_string(),
-            };
-            mails.push(outbox::job_model(
-                JobKind::Mail,
-                &serde_json::to_value(&job).map_err(|e| DbErr::Custom(e.to_string()))?,
-                Some(&j.hash),
-                now,
-            ));
-            limits.push(address_limit::ActiveModel {
-                email_hash: Set(j.hash.clone()),
-                day: Set(today.clone()),
-                count: Set(1),
-                last_sent_at: Set(now),
-            });
-            outcomes[i] = Some(SubscribeOutcome::MailQueued);
-        }
-        token::Entity::insert_many(tokens)
-            .exec_without_returning(conn)
-            .await?;
-        consent_event::Entity::insert_many(events)
-            .exec_without_returning(conn)
-            .await?;
-        outbox_model::Entity::insert_many(mails)
-            .exec_without_returning(conn)
-            .await?;
-        address_limit::Entity::insert_many(limits)
-            .exec_without_returning(conn)
-            .await?;
-    }
-
-    for i in general {
-        let j = &jobs[i];
-        outcomes[i] = Some(subscribe_in(state, conn, &j.req, &j.ctx, &j.hash, now).await?);
+            subscribe_in(state, conn, &j.req, &j.ctx, &j.hash, now).await?
+        });
     }
     tx.commit().await?;
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.expect("every signup of the batch has an outcome"))
-        .collect())
+    for (slot, o) in outcomes.iter_mut().zip(all) {
+        *slot = Some(o);
+    }
+    Ok(())
+}
+
+/// The rows of the signups `which` of the batch, as if their addresses were
+/// all new: a fresh token and the confirmation mail each.
+async fn fresh_rows<'a>(
+    state: &AppState,
+    jobs: &'a [SignupJob],
+    which: &[usize],
+    now: DateTime<Utc>,
+) -> Result<Vec<FreshSignup<'a>>, DbErr> {
+    let mut shas: std::collections::HashMap<(&str, &str), String> = Default::default();
+    let mut rows = Vec::with_capacity(which.len());
+    for &i in which {
+        let j = &jobs[i];
+        let list = &j.req.list;
+        let key = (list.slug.as_str(), list.consent_version.as_str());
+        if let std::collections::hash_map::Entry::Vacant(slot) = shas.entry(key) {
+            slot.insert(stored_consent_text(state, list, now).await?);
+        }
+        let raw = random_token();
+        let mail = MailJob::Confirm {
+            to: j.req.email.as_str().to_string(),
+            name: j.req.name.as_ref().map(|n| n.as_str().to_string()),
+            list: list.slug.clone(),
+            token: raw.clone(),
+            locale: j.req.locale.code().to_string(),
+        };
+        rows.push(FreshSignup {
+            email: j.req.email.as_str(),
+            email_hash: &j.hash,
+            name: j.req.name.as_ref().map(|n| n.as_str()),
+            locale: j.req.locale.code(),
+            list_slug: &list.slug,
+            source: j.req.source.as_deref(),
+            token_hash: sha256_hex(raw.as_bytes()),
+            ip: j.ctx.ip.as_deref(),
+            user_agent: j.ctx.user_agent.as_deref(),
+            consent_version: &list.consent_version,
+            consent_sha256: shas[&key].clone(),
+            payload: serde_json::to_string(&mail).map_err(|e| DbErr::Custom(e.to_string()))?,
+        });
+    }
+    Ok(rows)
+}
+
+/// The SHA-256 of the list's consent text, the text stored first: in a
+/// transaction of its own, once per process and version.
+async fn stored_consent_text(
+    state: &AppState,
+    list: &crate::config::ListConfig,
+    now: DateTime<Utc>,
+) -> Result<String, DbErr> {
+    if state.consent_text_stored(list) {
+        return Ok(sha256_hex(list.consent_text.as_bytes()));
+    }
+    let tx = state.begin_write().await?;
+    let sha = consent::ensure_text(&*tx, list, now).await?;
+    tx.commit().await?;
+    state.mark_consent_texts_stored([(list.slug.clone(), list.consent_version.clone())]);
+    Ok(sha)
+}
+
+/// Which of the batch's addresses the database holds anything about: a
+/// suppression entry, a subscriber row or a mail limit. One statement
+/// (SQLite; PostgreSQL's batch statement asks the same itself).
+async fn known_addresses<C: ConnectionTrait>(
+    conn: &C,
+    jobs: &[SignupJob],
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    let backend = conn.get_database_backend();
+    let hashes: Vec<&str> = jobs.iter().map(|j| j.hash.as_str()).collect();
+    let (set, value) = crate::db::string_set(backend, 1, &hashes);
+    let sql = format!(
+        "SELECT email_hash FROM suppressions WHERE email_hash IN ({set}) \
+         UNION ALL SELECT email_hash FROM subscribers WHERE email_hash IN ({set}) \
+         UNION ALL SELECT email_hash FROM address_limits WHERE email_hash IN ({set})"
+    );
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [value]))
+        .await?;
+    rows.iter().map(|r| r.try_get("", "email_hash")).collect()
+}
+
+/// The rows of never-seen signups, table by table (SQLite).
+async fn insert_fresh<C: ConnectionTrait>(
+    state: &AppState,
+    conn: &C,
+    rows: &[FreshSignup<'_>],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    use std::collections::HashMap;
+
+    let config = &state.config;
+    let token_expires = config.retention.pending.after(now);
+    let people = subscriber::Entity::insert_many(rows.iter().map(|r| subscriber::ActiveModel {
+        email: Set(r.email.to_string()),
+        email_hash: Set(r.email_hash.to_string()),
+        name: Set(r.name.map(str::to_string)),
+        locale: Set(r.locale.to_string()),
+        restricted: Set(false),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }))
+    .exec_with_returning(conn)
+    .await?;
+    let person_of: HashMap<&str, i64> = people
+        .iter()
+        .map(|p| (p.email_hash.as_str(), p.id))
+        .collect();
+    let subs = subscription::Entity::insert_many(rows.iter().map(|r| subscription::ActiveModel {
+        subscriber_id: Set(person_of[r.email_hash]),
+        list_slug: Set(r.list_slug.to_string()),
+        status: Set(PENDING.into()),
+        source: Set(r.source.map(str::to_string)),
+        created_at: Set(now),
+        confirmed_at: Set(None),
+        pending_expires_at: Set(Some(token_expires)),
+        ..Default::default()
+    }))
+    .exec_with_returning(conn)
+    .await?;
+    let sub_of: HashMap<i64, i64> = subs.iter().map(|s| (s.subscriber_id, s.id)).collect();
+    let today = now.format("%Y-%m-%d").to_string();
+    token::Entity::insert_many(rows.iter().map(|r| {
+        let person = person_of[r.email_hash];
+        token::ActiveModel {
+            token_hash: Set(r.token_hash.clone()),
+            purpose: Set(CONFIRM_PURPOSE.into()),
+            subscription_id: Set(Some(sub_of[&person])),
+            subscriber_id: Set(Some(person)),
+            created_at: Set(now),
+            expires_at: Set(token_expires),
+            used_at: Set(None),
+            ..Default::default()
+        }
+    }))
+    .exec_without_returning(conn)
+    .await?;
+    consent_event::Entity::insert_many(rows.iter().map(|r| consent_event::ActiveModel {
+        subscription_id: Set(Some(sub_of[&person_of[r.email_hash]])),
+        email_hash: Set(r.email_hash.to_string()),
+        list_slug: Set(r.list_slug.to_string()),
+        kind: Set(ConsentKind::Requested.as_str().to_string()),
+        occurred_at: Set(now),
+        ip: Set(r.ip.map(str::to_string)),
+        user_agent: Set(r.user_agent.map(str::to_string)),
+        source: Set(r.source.map(str::to_string)),
+        consent_version: Set(r.consent_version.to_string()),
+        consent_sha256: Set(r.consent_sha256.clone()),
+        privacy_policy_url: Set(config.org.privacy_policy_url.clone()),
+        ..Default::default()
+    }))
+    .exec_without_returning(conn)
+    .await?;
+    outbox_model::Entity::insert_many(rows.iter().map(|r| {
+        let mut job = outbox::job_model(
+            JobKind::Mail,
+            &serde_json::Value::Null,
+            Some(r.email_hash),
+            now,
+        );
+        job.payload = Set(Some(r.payload.clone()));
+        job
+    }))
+    .exec_without_returning(conn)
+    .await?;
+    address_limit::Entity::insert_many(rows.iter().map(|r| address_limit::ActiveModel {
+        email_hash: Set(r.email_hash.to_string()),
+        day: Set(today.clone()),
+        count: Set(1),
+        last_sent_at: Set(now),
+    }))
+    .exec_without_returning(conn)
+    .await?;
+    Ok(())
+}
+
+/// The rows of never-seen signups in one statement, committed on its own:
+/// the batch travels as one JSON parameter and every table is filled by a
+/// data-modifying CTE, so a batch costs one round trip and one prepared
+/// statement whatever its size, where the SQLite path's six multi-row
+/// inserts inside a transaction cost eight round trips and a fresh plan for
+/// each batch size. A row whose address the database knows (a suppression
+/// entry, a subscriber row, a mail limit) is left out, and so is one that a
+/// concurrent writer inserted first; the answer is the positions in `rows`
+/// of those written.
+async fn insert_fresh_postgres(
+    state: &AppState,
+    rows: &[FreshSignup<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<usize>, DbErr> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH input AS ( \
+               SELECT x.* FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (email text, \
+                 email_hash text, name text, locale text, list_slug text, source text, \
+                 token_hash text, ip text, user_agent text, consent_version text, \
+                 consent_sha256 text, payload text)) WITH ORDINALITY AS x(email, email_hash, \
+                 name, locale, list_slug, source, token_hash, ip, user_agent, consent_version, \
+                 consent_sha256, payload, ord) \
+               WHERE NOT EXISTS (SELECT 1 FROM suppressions k WHERE k.email_hash = x.email_hash) \
+                 AND NOT EXISTS (SELECT 1 FROM subscribers k WHERE k.email_hash = x.email_hash) \
+                 AND NOT EXISTS (SELECT 1 FROM address_limits k WHERE k.email_hash = x.email_hash) \
+             ), people AS ( \
+               INSERT INTO subscribers (email, email_hash, name, locale, restricted, created_at, updated_at) \
+               SELECT email, email_hash, name, locale, false, $2, $2 FROM input \
+               ON CONFLICT DO NOTHING \
+               RETURNING id, email_hash \
+             ), subs AS ( \
+               INSERT INTO subscriptions (subscriber_id, list_slug, status, source, created_at, pending_expires_at) \
+               SELECT p.id, i.list_slug, '{pending}', i.source, $2, $3 FROM input i JOIN people p USING (email_hash) \
+               RETURNING id, subscriber_id \
+             ), pairs AS ( \
+               SELECT i.*, p.id AS person_id, s.id AS sub_id \
+               FROM input i JOIN people p USING (email_hash) JOIN subs s ON s.subscriber_id = p.id \
+             ), toks AS ( \
+               INSERT INTO tokens (token_hash, purpose, subscription_id, subscriber_id, created_at, expires_at) \
+               SELECT token_hash, '{purpose}', sub_id, person_id, $2, $3 FROM pairs \
+             ), events AS ( \
+               INSERT INTO consent_events (subscription_id, email_hash, list_slug, kind, occurred_at, ip, \
+                 user_agent, source, consent_version, consent_sha256, privacy_policy_url) \
+               SELECT sub_id, email_hash, list_slug, '{requested}', $2, ip, user_agent, source, \
+                 consent_version, consent_sha256, $4 FROM pairs \
+             ), mails AS ( \
+               INSERT INTO outbox (kind, status, payload, subject_hash, attempts, next_attempt_at, created_at, updated_at) \
+               SELECT '{mail}', 'pending', payload, email_hash, 0, $2, $2, $2 FROM pairs \
+             ), limits AS ( \
+               INSERT INTO address_limits (email_hash, day, count, last_sent_at) \
+               SELECT email_hash, $5, 1, $2 FROM pairs \
+             ) \
+             SELECT ord FROM pairs",
+            pending = PENDING,
+            purpose = CONFIRM_PURPOSE,
+            requested = ConsentKind::Requested.as_str(),
+            mail = JobKind::Mail.as_str(),
+        )
+    });
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let config = &state.config;
+    let input = serde_json::to_string(rows).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let stmt = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        SQL.as_str(),
+        [
+            input.into(),
+            now.into(),
+            config.retention.pending.after(now).into(),
+            config.org.privacy_policy_url.clone().into(),
+            now.format("%Y-%m-%d").to_string().into(),
+        ],
+    );
+    let written = state.db.query_all_raw(stmt).await?;
+    written
+        .iter()
+        .map(|row| {
+            let ord: i64 = row.try_get("", "ord")?;
+            usize::try_from(ord - 1)
+                .ok()
+                .filter(|&i| i < rows.len())
+                .ok_or_else(|| {
+                    DbErr::Custom("the signup insert answered a row it was not given".into())
+                })
+        })
+        .collect()
 }
 
 async fn try_subscribe(
@@ -406,7 +605,7 @@ async fn subscribe_in<C: ConnectionTrait>(
             subscription::ActiveModel {
                 subscriber_id: Set(subscriber.id),
                 list_slug: Set(list.slug.clone()),
-                status: Set("pending".into()),
+                status: Set(PENDING.into()),
                 source: Set(req.source.clone()),
                 created_at: Set(now),
                 confirmed_at: Set(None),
@@ -421,7 +620,7 @@ async fn subscribe_in<C: ConnectionTrait>(
     let raw = random_token();
     token::ActiveModel {
         token_hash: Set(sha256_hex(raw.as_bytes())),
-        purpose: Set("confirm".into()),
+        purpose: Set(CONFIRM_PURPOSE.into()),
         subscription_id: Set(Some(sub.id)),
         subscriber_id: Set(Some(subscriber.id)),
         created_at: Set(now),

@@ -299,6 +299,14 @@ async fn concurrent_signups_share_transactions_and_each_address_gets_one_mail() 
     }
     assert_eq!(app.smtp.mails_to("old-hand@example.org").len(), 1);
     assert_eq!(app.count("consent_events").await, 25 + 2);
+    // The batches took their set-based statements, not the one-by-one
+    // fallback (which gives the same answers, only slower).
+    assert_eq!(
+        app.state
+            .signup_batch_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[tokio::test]
