@@ -147,6 +147,9 @@ SQL
       jq -r '.links[].url' | sed "s|^http://127.0.0.1:$port||" >>"$work/paths-$tag.txt"
     from=$(( to + 1 ))
   done
+  # Settle the freshly seeded tables now, so that autovacuum does not do it
+  # in the middle of the measured runs.
+  "${psql[@]}" -d "$db" -c "VACUUM (ANALYZE)" >/dev/null
 }
 
 results=()
