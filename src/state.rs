@@ -206,12 +206,12 @@ impl State {
             .contains(&(list.slug.clone(), list.consent_version.clone()))
     }
 
-    /// Records consent texts stored by a transaction that has committed.
-    pub fn mark_consent_texts_stored(&self, keys: impl IntoIterator<Item = (String, String)>) {
+    /// Records that this list's current consent text is stored (committed).
+    pub fn mark_consent_text_stored(&self, list: &crate::config::ListConfig) {
         self.consent_texts_stored
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(keys);
+            .insert((list.slug.clone(), list.consent_version.clone()));
     }
 
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {

@@ -141,6 +141,8 @@ async fn subscribe_one(
 /// statement that inserts a whole batch.
 #[derive(serde::Serialize)]
 struct FreshSignup<'a> {
+    #[serde(skip)]
+    job: &'a SignupJob,
     email: &'a str,
     email_hash: &'a str,
     name: Option<&'a str>,
@@ -252,6 +254,7 @@ async fn fresh_rows<'a>(
             locale: j.req.locale.code().to_string(),
         };
         rows.push(FreshSignup {
+            job: j,
             email: j.req.email.as_str(),
             email_hash: &j.hash,
             name: j.req.name.as_ref().map(|n| n.as_str()),
@@ -282,8 +285,28 @@ async fn stored_consent_text(
     let tx = state.begin_write().await?;
     let sha = consent::ensure_text(&*tx, list, now).await?;
     tx.commit().await?;
-    state.mark_consent_texts_stored([(list.slug.clone(), list.consent_version.clone())]);
+    state.mark_consent_text_stored(list);
     Ok(sha)
+}
+
+/// The row of a confirmation mail's token, for single and batched inserts.
+fn confirm_token(
+    token_hash: String,
+    subscription_id: i64,
+    subscriber_id: i64,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> token::ActiveModel {
+    token::ActiveModel {
+        token_hash: Set(token_hash),
+        purpose: Set(CONFIRM_PURPOSE.into()),
+        subscription_id: Set(Some(subscription_id)),
+        subscriber_id: Set(Some(subscriber_id)),
+        created_at: Set(now),
+        expires_at: Set(expires_at),
+        used_at: Set(None),
+        ..Default::default()
+    }
 }
 
 /// Which of the batch's addresses the database holds anything about: a
@@ -350,32 +373,28 @@ async fn insert_fresh<C: ConnectionTrait>(
     let today = now.format("%Y-%m-%d").to_string();
     token::Entity::insert_many(rows.iter().map(|r| {
         let person = person_of[r.email_hash];
-        token::ActiveModel {
-            token_hash: Set(r.token_hash.clone()),
-            purpose: Set(CONFIRM_PURPOSE.into()),
-            subscription_id: Set(Some(sub_of[&person])),
-            subscriber_id: Set(Some(person)),
-            created_at: Set(now),
-            expires_at: Set(token_expires),
-            used_at: Set(None),
-            ..Default::default()
-        }
+        confirm_token(
+            r.token_hash.clone(),
+            sub_of[&person],
+            person,
+            now,
+            token_expires,
+        )
     }))
     .exec_without_returning(conn)
     .await?;
-    consent_event::Entity::insert_many(rows.iter().map(|r| consent_event::ActiveModel {
-        subscription_id: Set(Some(sub_of[&person_of[r.email_hash]])),
-        email_hash: Set(r.email_hash.to_string()),
-        list_slug: Set(r.list_slug.to_string()),
-        kind: Set(ConsentKind::Requested.as_str().to_string()),
-        occurred_at: Set(now),
-        ip: Set(r.ip.map(str::to_string)),
-        user_agent: Set(r.user_agent.map(str::to_string)),
-        source: Set(r.source.map(str::to_string)),
-        consent_version: Set(r.consent_version.to_string()),
-        consent_sha256: Set(r.consent_sha256.clone()),
-        privacy_policy_url: Set(config.org.privacy_policy_url.clone()),
-        ..Default::default()
+    consent_event::Entity::insert_many(rows.iter().map(|r| {
+        consent::event_model(
+            config,
+            &r.job.req.list,
+            sub_of[&person_of[r.email_hash]],
+            r.email_hash,
+            ConsentKind::Requested,
+            r.job.req.source.clone(),
+            &r.job.ctx,
+            r.consent_sha256.clone(),
+            now,
+        )
     }))
     .exec_without_returning(conn)
     .await?;
@@ -618,16 +637,13 @@ async fn subscribe_in<C: ConnectionTrait>(
     };
 
     let raw = random_token();
-    token::ActiveModel {
-        token_hash: Set(sha256_hex(raw.as_bytes())),
-        purpose: Set(CONFIRM_PURPOSE.into()),
-        subscription_id: Set(Some(sub.id)),
-        subscriber_id: Set(Some(subscriber.id)),
-        created_at: Set(now),
-        expires_at: Set(token_expires),
-        used_at: Set(None),
-        ..Default::default()
-    }
+    confirm_token(
+        sha256_hex(raw.as_bytes()),
+        sub.id,
+        subscriber.id,
+        now,
+        token_expires,
+    )
     .insert(conn)
     .await?;
 
