@@ -5,8 +5,7 @@ use chrono::{DateTime, Utc};
 use entity::outbox;
 use rand::Rng;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    QueryFilter, Set, Statement, sea_query::Expr,
+    ActiveModelTrait, ConnectionTrait, DbBackend, DbErr, FromQueryResult, Set, Statement,
 };
 
 /// The kinds of work the outbox carries.
@@ -173,6 +172,8 @@ pub async fn complete_with_note<C: ConnectionTrait>(
 }
 
 /// Marks several jobs done and clears their payloads, in one statement.
+/// The ids travel as one parameter, so the statement is the same (and
+/// prepared and planned once per connection) whatever their number.
 pub async fn complete_many<C: ConnectionTrait>(
     conn: &C,
     ids: &[i64],
@@ -181,21 +182,27 @@ pub async fn complete_many<C: ConnectionTrait>(
     if ids.is_empty() {
         return Ok(());
     }
-    outbox::Entity::update_many()
-        .col_expr(outbox::Column::Status, Expr::value("done"))
-        .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))
-        .col_expr(
-            outbox::Column::LockedUntil,
-            Expr::value(Option::<DateTime<Utc>>::None),
+    let backend = conn.get_database_backend();
+    let (wanted, list) = if backend == DbBackend::Postgres {
+        (
+            "id = ANY(string_to_array($2, ',')::bigint[])",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
         )
-        .col_expr(
-            outbox::Column::LastError,
-            Expr::value(Option::<String>::None),
+    } else {
+        (
+            "id IN (SELECT value FROM json_each($2))",
+            serde_json::to_string(ids).expect("numbers serialise"),
         )
-        .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
-        .filter(outbox::Column::Id.is_in(ids.iter().copied()))
-        .exec(conn)
-        .await?;
+    };
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        format!(
+            "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, \
+             last_error = NULL, updated_at = $1 WHERE {wanted}"
+        ),
+        [now.into(), list.into()],
+    );
+    conn.execute_raw(stmt).await?;
     Ok(())
 }
 
