@@ -422,3 +422,55 @@ mod tests {
         );
     }
 }
+
+/// A JSON response serialised by serde straight into the body, for answers
+/// too large to go through poem-openapi's intermediate `serde_json::Value`
+/// (the bulk check's 10,000 results). The schema is still `T`'s; `T`'s serde
+/// derive must spell the same fields (dates as RFC 3339 via [`rfc3339`]).
+#[derive(Debug)]
+pub struct SerdeJson<T>(pub T);
+
+impl<T: Type + Send> poem_openapi::payload::Payload for SerdeJson<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn check_content_type(content_type: &str) -> bool {
+        <JsonBody<T> as poem_openapi::payload::Payload>::check_content_type(content_type)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: serde::Serialize + Send> poem::IntoResponse for SerdeJson<T> {
+    fn into_response(self) -> poem::Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => poem::Response::builder()
+                .content_type("application/json; charset=utf-8")
+                .body(body),
+            Err(_) => poem::Response::builder()
+                .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
+                .finish(),
+        }
+    }
+}
+
+/// Dates in serde output as poem-openapi writes them (`to_rfc3339`), so that
+/// a [`SerdeJson`] answer reads like every other.
+pub mod rfc3339 {
+    use chrono::{DateTime, Utc};
+
+    pub fn option<S: serde::Serializer>(
+        value: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&d.to_rfc3339()),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -4,9 +4,13 @@ use chrono::{DateTime, Utc};
 use entity::suppression;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{ApiTags, extract::JsonBody, unsubscribe::MAX_ADDRESSES};
+use super::{
+    ApiTags,
+    extract::{JsonBody, SerdeJson, rfc3339},
+    unsubscribe::MAX_ADDRESSES,
+};
 use crate::{
     auth::ApiKey,
     domain::EmailAddress,
@@ -29,7 +33,7 @@ pub struct CheckRequest {
 }
 
 /// One address's answer. Mail only where `mailable` is true.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct CheckResult {
     /// The address as sent.
     pub email: String,
@@ -38,6 +42,7 @@ pub struct CheckResult {
     /// The entry's reason.
     pub reason: Option<String>,
     /// When the entry stops counting.
+    #[serde(serialize_with = "rfc3339::option")]
     pub expires_at: Option<DateTime<Utc>>,
     /// A confirmed subscription to the list exists.
     pub subscribed: bool,
@@ -45,10 +50,11 @@ pub struct CheckResult {
     pub mailable: bool,
     /// Set when the address could not be parsed (then nothing else counts).
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct CheckResponse {
     /// In the order given.
     pub results: Vec<CheckResult>,
@@ -104,7 +110,7 @@ pub struct NewSuppression {
 #[derive(ApiResponse)]
 pub enum CheckResponses {
     #[oai(status = 200)]
-    Ok(Json<CheckResponse>),
+    Ok(SerdeJson<CheckResponse>),
 }
 
 #[derive(ApiResponse)]
@@ -220,7 +226,7 @@ impl SuppressionsApi {
                 },
             })
             .collect();
-        Ok(CheckResponses::Ok(Json(CheckResponse { results })))
+        Ok(CheckResponses::Ok(SerdeJson(CheckResponse { results })))
     }
 
     /// A page of entries, oldest first (scope `admin`).

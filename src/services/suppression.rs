@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use entity::suppression;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set,
-    sea_query::OnConflict,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Set,
+    Statement, sea_query::OnConflict,
 };
 
 use crate::config::Config;
@@ -225,94 +225,141 @@ impl CheckResult {
 }
 
 /// Checks many address hashes at once for `list` (or any list when `None`).
-/// Answers in the order given. Two statements whatever the number of hashes:
-/// the hashes travel as one JSON array parameter.
+/// Answers in the order given. The hashes travel as one text parameter and
+/// each half is one statement that looks up both the suppression entries and
+/// the subscribers and answers by position, so that only the matches come
+/// back and no hash is sent twice; on PostgreSQL the halves run at once on
+/// two pooled connections.
 pub async fn check_many(
     db: &sea_orm::DatabaseConnection,
     list: Option<&str>,
     hashes: &[String],
     now: DateTime<Utc>,
 ) -> Result<Vec<CheckResult>, DbErr> {
-    use std::collections::HashMap;
-
-    use sea_orm::{Statement, Value};
-
-    let backend = db.get_database_backend();
-    let mut unique: Vec<&str> = hashes.iter().map(String::as_str).collect();
-    unique.sort_unstable();
-    unique.dedup();
-    let (wanted, set) = crate::db::string_set(backend, 1, &unique);
-
-    let scoped = if list.is_some() {
-        " AND (s.scope = $3 OR s.scope = '*')"
+    let mut out = vec![
+        CheckResult {
+            suppressed: false,
+            reason: None,
+            expires_at: None,
+            subscribed: false,
+            restricted: false,
+        };
+        hashes.len()
+    ];
+    let parts = if db.get_database_backend() == DbBackend::Postgres && hashes.len() >= 1_000 {
+        2
     } else {
-        ""
+        1
     };
-    let mut values = vec![set.clone(), now.into()];
-    values.extend(list.map(|l| Value::from(l.to_string())));
-    let entries = Statement::from_sql_and_values(
-        backend,
-        format!(
-            "SELECT s.email_hash, s.reason, s.expires_at FROM suppressions s \
-             WHERE s.email_hash IN ({wanted}) AND s.expires_at > $2{scoped}"
-        ),
-        values,
-    );
-    let on_list = if list.is_some() {
-        " AND x.list_slug = $2"
-    } else {
-        ""
-    };
-    let mut values = vec![set];
-    values.extend(list.map(|l| Value::from(l.to_string())));
-    let subscribed = Statement::from_sql_and_values(
-        backend,
-        format!(
-            "SELECT p.email_hash, p.restricted, EXISTS (SELECT 1 FROM subscriptions x \
-               WHERE x.subscriber_id = p.id AND x.status = 'confirmed'{on_list}) AS subscribed \
-             FROM subscribers p WHERE p.email_hash IN ({wanted})"
-        ),
-        values,
-    );
-    // Two reads on two pooled connections at once.
-    let (entries, subscribed) =
-        tokio::join!(db.query_all_raw(entries), db.query_all_raw(subscribed));
-
-    // With several entries, report the one that lasts longest.
-    let mut supp: HashMap<String, (String, DateTime<Utc>)> = HashMap::new();
-    for row in entries? {
-        let hash: String = row.try_get("", "email_hash")?;
-        let reason: String = row.try_get("", "reason")?;
-        let expires: DateTime<Utc> = row.try_get("", "expires_at")?;
-        match supp.get(&hash) {
-            Some((_, prev)) if *prev >= expires => {}
-            _ => {
-                supp.insert(hash, (reason, expires));
+    let size = hashes.len().div_ceil(parts).max(1);
+    let read = |chunk: &[String]| {
+        let stmt = (!chunk.is_empty())
+            .then(|| check_statement(db.get_database_backend(), list, chunk, now));
+        async move {
+            match stmt {
+                Some(stmt) => db.query_all_raw(stmt).await,
+                None => Ok(Vec::new()),
             }
         }
-    }
-    let mut people: HashMap<String, (bool, bool)> = HashMap::new();
-    for row in subscribed? {
-        let hash: String = row.try_get("", "email_hash")?;
-        let restricted: bool = row.try_get("", "restricted")?;
-        let subscribed: bool = row.try_get("", "subscribed")?;
-        people.insert(hash, (subscribed, restricted));
-    }
-
-    Ok(hashes
-        .iter()
-        .map(|h| {
-            let s = supp.get(h);
-            let (subscribed, restricted) = people.get(h).copied().unwrap_or((false, false));
-            CheckResult {
-                suppressed: s.is_some(),
-                reason: s.map(|(r, _)| r.clone()),
-                expires_at: s.map(|(_, e)| *e),
-                subscribed,
-                restricted,
+    };
+    let mut chunks = hashes.chunks(size);
+    let (first, second) = tokio::join!(
+        read(chunks.next().unwrap_or_default()),
+        read(chunks.next().unwrap_or_default()),
+    );
+    for (part, rows) in [first, second].into_iter().enumerate() {
+        for row in rows? {
+            let ord: i64 = row.try_get("", "ord")?;
+            let Some(slot) = usize::try_from(ord - 1)
+                .ok()
+                .map(|i| part * size + i)
+                .and_then(|i| out.get_mut(i))
+            else {
+                return Err(DbErr::Custom(
+                    "the check answered a row it was not asked".into(),
+                ));
+            };
+            let reason: Option<String> = row.try_get("", "reason")?;
+            let expires: Option<DateTime<Utc>> = row.try_get("", "expires_at")?;
+            // With several entries, report the one that lasts longest.
+            if let (Some(reason), Some(expires)) = (reason, expires)
+                && slot.expires_at.is_none_or(|prev| prev < expires)
+            {
+                slot.suppressed = true;
+                slot.reason = Some(reason);
+                slot.expires_at = Some(expires);
             }
-        })
-        .collect())
+            slot.subscribed |= row
+                .try_get::<Option<bool>>("", "subscribed")?
+                .unwrap_or(false);
+            slot.restricted |= row
+                .try_get::<Option<bool>>("", "restricted")?
+                .unwrap_or(false);
+        }
+    }
+    Ok(out)
+}
+
+/// The statement that checks one run of hashes: a row for each (position,
+/// entry that counts) and each (position, subscriber), nothing for the rest.
+/// On PostgreSQL every hash is an index probe (a `LATERAL` subquery, kept
+/// from being flattened by `OFFSET 0`): the cached generic plan otherwise
+/// hash-joined the hashes against every active suppression entry, twice as
+/// slow with 280,000 entries and slower the longer the list.
+fn check_statement(
+    backend: DbBackend,
+    list: Option<&str>,
+    hashes: &[String],
+    now: DateTime<Utc>,
+) -> Statement {
+    debug_assert!(hashes.iter().all(|h| !h.contains(',')));
+    let (scoped, on_list) = if list.is_some() {
+        (
+            " AND (s.scope = $3 OR s.scope = '*')",
+            " AND x.list_slug = $3",
+        )
+    } else {
+        ("", "")
+    };
+    let entry = format!("s.email_hash = w.h AND s.expires_at > $2{scoped}");
+    let person = "p.email_hash = w.h";
+    let (wanted, set, entries, people) = match backend {
+        DbBackend::Postgres => (
+            "unnest(string_to_array($1, ',')) WITH ORDINALITY AS w(h, ord)",
+            sea_orm::Value::from(hashes.join(",")),
+            format!(
+                "CROSS JOIN LATERAL (SELECT s.reason, s.expires_at FROM suppressions s \
+                 WHERE {entry} OFFSET 0) s"
+            ),
+            format!(
+                "CROSS JOIN LATERAL (SELECT p.id, p.restricted FROM subscribers p \
+                 WHERE {person} OFFSET 0) p"
+            ),
+        ),
+        // SQLite has no LATERAL, and probes the indexes by itself.
+        _ => (
+            "(SELECT value AS h, key + 1 AS ord FROM json_each($1)) AS w",
+            serde_json::to_string(hashes)
+                .expect("strings serialise")
+                .into(),
+            format!("JOIN suppressions s ON {entry}"),
+            format!("JOIN subscribers p ON {person}"),
+        ),
+    };
+    let mut values = vec![set, now.into()];
+    values.extend(list.map(|l| sea_orm::Value::from(l.to_string())));
+    Statement::from_sql_and_values(
+        backend,
+        format!(
+            "SELECT w.ord, s.reason, s.expires_at, NULL AS restricted, NULL AS subscribed \
+             FROM {wanted} {entries} \
+             UNION ALL \
+             SELECT w.ord, NULL, NULL, p.restricted, EXISTS (SELECT 1 FROM subscriptions x \
+               WHERE x.subscriber_id = p.id AND x.status = 'confirmed'{on_list}) \
+             FROM {wanted} {people}"
+        ),
+        values,
+    )
 }
 
 /// Removes entries for an address: one scope, or all of them.
