@@ -430,8 +430,10 @@ mod tests {
 #[derive(Debug)]
 pub struct SerdeJson<T>(pub T);
 
+const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
 impl<T: Type + Send> poem_openapi::payload::Payload for SerdeJson<T> {
-    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+    const CONTENT_TYPE: &'static str = JSON_CONTENT_TYPE;
 
     fn check_content_type(content_type: &str) -> bool {
         <JsonBody<T> as poem_openapi::payload::Payload>::check_content_type(content_type)
@@ -450,7 +452,7 @@ impl<T: serde::Serialize + Send> poem::IntoResponse for SerdeJson<T> {
     fn into_response(self) -> poem::Response {
         match serde_json::to_vec(&self.0) {
             Ok(body) => poem::Response::builder()
-                .content_type("application/json; charset=utf-8")
+                .content_type(JSON_CONTENT_TYPE)
                 .body(body),
             Err(_) => poem::Response::builder()
                 .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
