@@ -66,3 +66,39 @@ pub fn string_set(backend: DbBackend, n: usize, items: &[&str]) -> (String, sea_
         ),
     }
 }
+
+/// [`string_set`] for ids: a subquery yielding `ids` as integers.
+pub fn id_set(backend: DbBackend, n: usize, ids: &[i64]) -> (String, sea_orm::Value) {
+    match backend {
+        DbBackend::Postgres => {
+            let text: Vec<String> = ids.iter().map(i64::to_string).collect();
+            let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+            let (sql, value) = string_set(backend, n, &refs);
+            (format!("{sql}::bigint"), value)
+        }
+        _ => (
+            format!("SELECT value FROM json_each(${n})"),
+            serde_json::to_string(ids)
+                .expect("numbers serialise")
+                .into(),
+        ),
+    }
+}
+
+/// [`string_set`] as a row source `w(h, ord)`, `ord` counting the items from
+/// 1, for a statement that answers by position.
+pub fn string_rows<S: AsRef<str>>(
+    backend: DbBackend,
+    n: usize,
+    items: &[S],
+) -> (String, sea_orm::Value) {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    let (_, value) = string_set(backend, n, &items);
+    let rows = match backend {
+        DbBackend::Postgres => {
+            format!("unnest(string_to_array(${n}, ',')) WITH ORDINALITY AS w(h, ord)")
+        }
+        _ => format!("(SELECT value AS h, key + 1 AS ord FROM json_each(${n})) AS w"),
+    };
+    (rows, value)
+}

@@ -38,6 +38,16 @@ pub enum MailchimpJob {
 }
 
 impl MailchimpJob {
+    /// The key that orders this member's jobs (see [`member_key`]).
+    pub fn member_key(&self) -> String {
+        member_key(self.list_id(), self.hash())
+    }
+
+    /// The job as the outbox row's payload holds it.
+    pub fn payload(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a job serialises")
+    }
+
     pub fn list_id(&self) -> &str {
         match self {
             Self::Upsert { list_id, .. }
@@ -92,7 +102,7 @@ pub async fn enqueue<C: ConnectionTrait>(
     subject_hash: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    let key = member_key(job.list_id(), job.hash());
+    let key = job.member_key();
     outbox::Entity::update_many()
         .col_expr(outbox::Column::Status, Expr::value("superseded"))
         .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))
@@ -101,8 +111,7 @@ pub async fn enqueue<C: ConnectionTrait>(
         .filter(outbox::Column::Status.is_in(["pending", "dead"]))
         .exec(conn)
         .await?;
-    let payload = serde_json::to_value(job).expect("a job serialises");
-    let mut row = job_model(JobKind::Mailchimp, &payload, subject_hash, now);
+    let mut row = job_model(JobKind::Mailchimp, &job.payload(), subject_hash, now);
     row.member_key = Set(Some(key));
     row.insert(conn).await?;
     Ok(())

@@ -172,8 +172,9 @@ pub async fn complete_with_note<C: ConnectionTrait>(
 }
 
 /// Marks several jobs done and clears their payloads, in one statement.
-/// The ids travel as one parameter, so the statement is the same (and
-/// prepared and planned once per connection) whatever their number.
+/// The ids travel as one parameter ([`crate::db::id_set`]), so the statement
+/// is the same (and prepared and planned once per connection) whatever their
+/// number.
 pub async fn complete_many<C: ConnectionTrait>(
     conn: &C,
     ids: &[i64],
@@ -183,24 +184,14 @@ pub async fn complete_many<C: ConnectionTrait>(
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let (wanted, list) = if backend == DbBackend::Postgres {
-        (
-            "id = ANY(string_to_array($2, ',')::bigint[])",
-            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
-        )
-    } else {
-        (
-            "id IN (SELECT value FROM json_each($2))",
-            serde_json::to_string(ids).expect("numbers serialise"),
-        )
-    };
+    let (wanted, list) = crate::db::id_set(backend, 2, ids);
     let stmt = Statement::from_sql_and_values(
         backend,
         format!(
             "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, \
-             last_error = NULL, updated_at = $1 WHERE {wanted}"
+             last_error = NULL, updated_at = $1 WHERE id IN ({wanted})"
         ),
-        [now.into(), list.into()],
+        [now.into(), list],
     );
     conn.execute_raw(stmt).await?;
     Ok(())

@@ -246,12 +246,13 @@ pub async fn check_many(
         };
         hashes.len()
     ];
-    let parts = if db.get_database_backend() == DbBackend::Postgres && hashes.len() >= 1_000 {
-        2
+    // On PostgreSQL a large check goes in two halves, on two connections.
+    let half = if db.get_database_backend() == DbBackend::Postgres && hashes.len() >= 1_000 {
+        hashes.len() / 2
     } else {
-        1
+        hashes.len()
     };
-    let size = hashes.len().div_ceil(parts).max(1);
+    let (front, back) = hashes.split_at(half);
     let read = |chunk: &[String]| {
         let stmt = (!chunk.is_empty())
             .then(|| check_statement(db.get_database_backend(), list, chunk, now));
@@ -262,17 +263,13 @@ pub async fn check_many(
             }
         }
     };
-    let mut chunks = hashes.chunks(size);
-    let (first, second) = tokio::join!(
-        read(chunks.next().unwrap_or_default()),
-        read(chunks.next().unwrap_or_default()),
-    );
-    for (part, rows) in [first, second].into_iter().enumerate() {
+    let (first, second) = tokio::join!(read(front), read(back));
+    for (offset, rows) in [(0, first), (half, second)] {
         for row in rows? {
             let ord: i64 = row.try_get("", "ord")?;
             let Some(slot) = usize::try_from(ord - 1)
                 .ok()
-                .map(|i| part * size + i)
+                .map(|i| offset + i)
                 .and_then(|i| out.get_mut(i))
             else {
                 return Err(DbErr::Custom(
@@ -312,7 +309,6 @@ fn check_statement(
     hashes: &[String],
     now: DateTime<Utc>,
 ) -> Statement {
-    debug_assert!(hashes.iter().all(|h| !h.contains(',')));
     let (scoped, on_list) = if list.is_some() {
         (
             " AND (s.scope = $3 OR s.scope = '*')",
@@ -323,10 +319,9 @@ fn check_statement(
     };
     let entry = format!("s.email_hash = w.h AND s.expires_at > $2{scoped}");
     let person = "p.email_hash = w.h";
-    let (wanted, set, entries, people) = match backend {
+    let (wanted, set) = crate::db::string_rows(backend, 1, hashes);
+    let (entries, people) = match backend {
         DbBackend::Postgres => (
-            "unnest(string_to_array($1, ',')) WITH ORDINALITY AS w(h, ord)",
-            sea_orm::Value::from(hashes.join(",")),
             format!(
                 "CROSS JOIN LATERAL (SELECT s.reason, s.expires_at FROM suppressions s \
                  WHERE {entry} OFFSET 0) s"
@@ -338,10 +333,6 @@ fn check_statement(
         ),
         // SQLite has no LATERAL, and probes the indexes by itself.
         _ => (
-            "(SELECT value AS h, key + 1 AS ord FROM json_each($1)) AS w",
-            serde_json::to_string(hashes)
-                .expect("strings serialise")
-                .into(),
             format!("JOIN suppressions s ON {entry}"),
             format!("JOIN subscribers p ON {person}"),
         ),

@@ -641,11 +641,7 @@ async fn unsubscribe_many_postgres(
                         list_id: list_id.to_string(),
                         hash: hash.clone(),
                     };
-                    let payload = serde_json::to_value(&job).expect("a job serialises");
-                    (
-                        mailchimp_jobs::member_key(list_id, hash),
-                        payload.to_string(),
-                    )
+                    (job.member_key(), job.payload().to_string())
                 });
             let (mc_key, mc_payload) = told.unzip();
             UnsubscribeRow {
