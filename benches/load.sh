@@ -11,6 +11,8 @@
 #                and their links fetched from /v1/unsubscribe-links
 #
 #   benches/load.sh [SECONDS] [subscribe|unsubscribe|all]   (15 s, all)
+#   LISTGUARD_LOAD_BIN=path/to/listguard benches/load.sh ...   (that build)
+#   LISTGUARD_LOAD_BACKENDS=postgres benches/load.sh ...       (one backend)
 #
 # Needs wrk (Debian package `wrk`), jq, and PostgreSQL on 127.0.0.1:5432 (user
 # postgres, trust) with pgcrypto (postgresql-contrib) for seeding.
@@ -26,8 +28,13 @@ command -v jq >/dev/null || { echo "load.sh: needs jq (apt-get install jq)" >&2;
 [ -x "$ceiling" ] || { echo "load.sh: needs $ceiling" >&2; exit 1; }
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/listguard-target}"
-cargo build --release -q
-bin="$CARGO_TARGET_DIR/release/listguard"
+# LISTGUARD_LOAD_BIN runs a given build instead (to compare two, A/B).
+if [ -n "${LISTGUARD_LOAD_BIN:-}" ]; then
+  bin=$LISTGUARD_LOAD_BIN
+else
+  cargo build --release -q
+  bin="$CARGO_TARGET_DIR/release/listguard"
+fi
 work=$(mktemp -d)
 port=18080
 pg_db="lg_bench_$$"
@@ -107,19 +114,30 @@ request = function()
 end
 LUA
 
-run_wrk() { # $1 = scenario, $2 = connections -> prints "rps p50 p99 non2xx"
-  local out
+# CPU time the whole machine spent (user, nice, system, irq, softirq; every
+# process: the service, PostgreSQL, wrk), in clock ticks. Per request it is
+# far steadier than req/s on a shared machine: other tenants' load shows up
+# as steal, which it leaves out.
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+tick_us=$(( 1000000 / $(getconf CLK_TCK) ))
+
+run_wrk() { # $1 = scenario, $2 = connections -> prints "rps p50 p99 non2xx cpu_us_per_request"
+  local out t0 t1
+  t0=$(busy_ticks)
   if [ "$1" = subscribe ]; then
     out=$(wrk -t2 -c"$2" -d"${secs}s" --latency -s "$work/subscribe.lua" "http://127.0.0.1:$port/v1/subscriptions")
   else
     out=$(wrk -t2 -c"$2" -d"${secs}s" --latency -s "$work/unsubscribe.lua" "http://127.0.0.1:$port" -- "$work/paths-$2.txt" 2)
   fi
-  local rps p50 p99 non2xx
+  t1=$(busy_ticks)
+  local rps p50 p99 non2xx requests cpu
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(awk -v t="$(( (t1 - t0) * tick_us ))" -v n="$requests" 'BEGIN { printf "%.0f", (n > 0 ? t / n : 0) }')
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  echo "$rps $p50 $p99 ${non2xx:-0}"
+  echo "$rps $p50 $p99 ${non2xx:-0} $cpu"
 }
 
 # Seeds $2 confirmed subscribers named u-$1-N@load.example.org into the
@@ -153,21 +171,21 @@ SQL
 }
 
 results=()
-record() { # backend scenario conns rps p50 p99 non2xx
+record() { # backend scenario conns rps p50 p99 non2xx cpu
   results+=("$*")
 }
 bracket_and_ratio() { # backend before after: fills in the ratio of this backend's rows
   local backend=$1 before=$2 after=$3 mean i
   mean=$(( (before + after) / 2 ))
   for i in "${!results[@]}"; do
-    read -r b sc c rps p50 p99 non2xx rest <<<"${results[$i]}"
+    read -r b sc c rps p50 p99 non2xx cpu rest <<<"${results[$i]}"
     if [ "$b" = "$backend" ] && [ -z "${rest:-}" ]; then
-      results[$i]="$b $sc $c $rps $p50 $p99 $non2xx $before/$after $(awk -v r="$rps" -v m="$mean" 'BEGIN { printf "%.2f", r / m }')"
+      results[$i]="$b $sc $c $rps $p50 $p99 $non2xx $cpu $before/$after $(awk -v r="$rps" -v m="$mean" 'BEGIN { printf "%.2f", r / m }')"
     fi
   done
 }
 
-for backend in sqlite postgres; do
+for backend in ${LISTGUARD_LOAD_BACKENDS:-sqlite postgres}; do
   scenarios=()
   [ "$scenario" != unsubscribe ] && scenarios+=(subscribe)
   [ "$scenario" != subscribe ] && [ "$backend" = postgres ] && scenarios+=(unsubscribe)
@@ -196,8 +214,8 @@ for backend in sqlite postgres; do
   before=$("$ceiling" 20 | sed -n 's/^pg_ceiling_tps=//p')
   for sc in "${scenarios[@]}"; do
     for c in 8 32; do
-      read -r rps p50 p99 non2xx < <(run_wrk "$sc" "$c")
-      record "$backend" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx"
+      read -r rps p50 p99 non2xx cpu < <(run_wrk "$sc" "$c")
+      record "$backend" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx" "$cpu"
     done
   done
   after=$("$ceiling" 20 | sed -n 's/^pg_ceiling_tps=//p')
@@ -206,9 +224,10 @@ for backend in sqlite postgres; do
 done
 
 echo
-echo "${secs}s per run; pg-ceiling before/after each backend's runs, ratio = req/s over their mean"
-printf '%-9s %-12s %5s %10s %9s %9s %8s %13s %6s\n' backend scenario conns req/s p50 p99 non-2xx ceiling ratio
+echo "${secs}s per run; pg-ceiling before/after each backend's runs, ratio = req/s over their mean;"
+echo "cpu/req = the machine's CPU time (service, PostgreSQL and wrk together) per request, in microseconds"
+printf '%-9s %-12s %5s %10s %9s %9s %8s %8s %13s %6s\n' backend scenario conns req/s p50 p99 non-2xx cpu/req ceiling ratio
 for r in "${results[@]}"; do
-  read -r b sc c rps p50 p99 non2xx ceil ratio <<<"$r"
-  printf '%-9s %-12s %5s %10s %9s %9s %8s %13s %6s\n' "$b" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx" "$ceil" "$ratio"
+  read -r b sc c rps p50 p99 non2xx cpu ceil ratio <<<"$r"
+  printf '%-9s %-12s %5s %10s %9s %9s %8s %8s %13s %6s\n' "$b" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx" "$cpu" "$ceil" "$ratio"
 done
