@@ -67,22 +67,26 @@ pub fn string_set(backend: DbBackend, n: usize, items: &[&str]) -> (String, sea_
     }
 }
 
-/// [`string_set`] for ids: a subquery yielding `ids` as integers.
-pub fn id_set(backend: DbBackend, n: usize, ids: &[i64]) -> (String, sea_orm::Value) {
-    match backend {
+/// The condition `column` is one of `ids`, the ids bound as the one
+/// parameter `$n` (a JSON array). On PostgreSQL it is `= ANY` of an array
+/// built by a subquery: an index scan whatever the count, and one the
+/// planner cannot see the count of, so that the generic plan it caches
+/// after five calls serves every later one. (`IN (SELECT unnest(..))` and
+/// `= ANY` of a literal array both showed each call's count, so every call
+/// was planned afresh: 0.2–0.3 ms of a 0.4–0.6 ms `outbox::complete_many`.)
+pub fn id_in(backend: DbBackend, column: &str, n: usize, ids: &[i64]) -> (String, sea_orm::Value) {
+    let condition = match backend {
         DbBackend::Postgres => {
-            let text: Vec<String> = ids.iter().map(i64::to_string).collect();
-            let refs: Vec<&str> = text.iter().map(String::as_str).collect();
-            let (sql, value) = string_set(backend, n, &refs);
-            (format!("{sql}::bigint"), value)
+            format!("{column} = ANY(ARRAY(SELECT jsonb_array_elements_text(${n}::jsonb)::bigint))")
         }
-        _ => (
-            format!("SELECT value FROM json_each(${n})"),
-            serde_json::to_string(ids)
-                .expect("numbers serialise")
-                .into(),
-        ),
-    }
+        _ => format!("{column} IN (SELECT value FROM json_each(${n}))"),
+    };
+    (
+        condition,
+        serde_json::to_string(ids)
+            .expect("numbers serialise")
+            .into(),
+    )
 }
 
 /// [`string_set`] as a row source `w(h, ord)`, `ord` counting the items from

@@ -172,7 +172,7 @@ pub async fn complete_with_note<C: ConnectionTrait>(
 }
 
 /// Marks several jobs done and clears their payloads, in one statement.
-/// The ids travel as one parameter ([`crate::db::id_set`]), so the statement
+/// The ids travel as one parameter ([`crate::db::id_in`]), so the statement
 /// is the same (and prepared and planned once per connection) whatever their
 /// number.
 pub async fn complete_many<C: ConnectionTrait>(
@@ -184,12 +184,12 @@ pub async fn complete_many<C: ConnectionTrait>(
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let (wanted, list) = crate::db::id_set(backend, 2, ids);
+    let (wanted, list) = crate::db::id_in(backend, "id", 2, ids);
     let stmt = Statement::from_sql_and_values(
         backend,
         format!(
             "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, \
-             last_error = NULL, updated_at = $1 WHERE id IN ({wanted})"
+             last_error = NULL, updated_at = $1 WHERE {wanted}"
         ),
         [now.into(), list],
     );
