@@ -9,6 +9,7 @@ mod m20261124_000003_admin_audit;
 mod m20261124_000004_sealed_request_address;
 mod m20261124_000005_outbox_live_jobs_index;
 mod m20261124_000006_outbox_unsent_subject_index;
+mod m20261124_000007_outbox_lean_indexes;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_sealed_request_address::Migration),
             Box::new(m20261124_000005_outbox_live_jobs_index::Migration),
             Box::new(m20261124_000006_outbox_unsent_subject_index::Migration),
+            Box::new(m20261124_000007_outbox_lean_indexes::Migration),
         ]
     }
 }

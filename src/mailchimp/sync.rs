@@ -320,9 +320,11 @@ pub async fn status(state: &AppState) -> Result<SyncStatus, sea_orm::DbErr> {
     use entity::{outbox, setting};
     use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
+    // Unsent jobs are a few rows in the partial indexes; finished ones may be
+    // many, hence the statuses written into the statements (`status_in`).
     let count = |s: &'static str| {
         outbox::Entity::find()
-            .filter(outbox::Column::Status.eq(s))
+            .filter(crate::outbox::status_in(&[s]))
             .count(&state.db)
     };
     let (pending, in_flight, dead) = (
@@ -331,7 +333,7 @@ pub async fn status(state: &AppState) -> Result<SyncStatus, sea_orm::DbErr> {
         count("dead").await?,
     );
     let dead_letters = outbox::Entity::find()
-        .filter(outbox::Column::Status.eq("dead"))
+        .filter(crate::outbox::status_in(&["dead"]))
         .order_by_desc(outbox::Column::Id)
         .limit(100)
         .all(&state.db)

@@ -7,7 +7,7 @@ mod store;
 
 pub use store::{
     ClaimedJob, JobFailure, JobKind, claim, complete, complete_many, complete_with_note, enqueue,
-    fail, job_model,
+    fail, job_model, status_in,
 };
 
 /// What one step of a worker did.

@@ -47,6 +47,20 @@ impl JobKind {
     }
 }
 
+/// `status IN (..)` with the statuses written into the statement, not bound:
+/// PostgreSQL can then prove a partial index's predicate from it (that of
+/// `ix_outbox_unsent_subject`, for a lookup by address) in a cached generic
+/// plan too, where bound values are unknown.
+pub fn status_in(statuses: &[&'static str]) -> sea_orm::sea_query::SimpleExpr {
+    debug_assert!(
+        statuses
+            .iter()
+            .all(|s| s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    );
+    let list: Vec<String> = statuses.iter().map(|s| format!("'{s}'")).collect();
+    sea_orm::sea_query::Expr::cust(format!("status IN ({})", list.join(", ")))
+}
+
 /// Queues a job inside the caller's transaction.
 pub async fn enqueue<C: ConnectionTrait>(
     conn: &C,

@@ -247,7 +247,7 @@ pub async fn export(
         .await?;
     let jobs = outbox::Entity::find()
         .filter(outbox::Column::SubjectHash.eq(&hash))
-        .filter(outbox::Column::Status.is_in(["pending", "in_flight", "dead"]))
+        .filter(crate::outbox::status_in(&["pending", "in_flight", "dead"]))
         .order_by_asc(outbox::Column::Id)
         .all(conn)
         .await?;
@@ -395,7 +395,7 @@ pub async fn rectify(
         let confirmations: Vec<i64> = outbox::Entity::find()
             .filter(outbox::Column::SubjectHash.eq(&hash))
             .filter(outbox::Column::Kind.eq(JobKind::Mail.as_str()))
-            .filter(outbox::Column::Status.is_in(["pending", "dead"]))
+            .filter(crate::outbox::status_in(&["pending", "dead"]))
             .all(conn)
             .await?
             .into_iter()
@@ -509,7 +509,7 @@ pub async fn erase(
         .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))
         .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
         .filter(outbox::Column::SubjectHash.eq(&hash))
-        .filter(outbox::Column::Status.is_in(["pending", "dead"]))
+        .filter(crate::outbox::status_in(&["pending", "dead"]))
         .exec(conn)
         .await?
         .rows_affected;

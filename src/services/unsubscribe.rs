@@ -320,7 +320,7 @@ async fn unsent_jobs_about<C: ConnectionTrait>(
 ) -> Result<Vec<outbox::Model>, DbErr> {
     outbox::Entity::find()
         .filter(outbox::Column::SubjectHash.is_in(hashes.iter().copied()))
-        .filter(outbox::Column::Status.is_in(["pending", "in_flight", "dead"]))
+        .filter(crate::outbox::status_in(&["pending", "in_flight", "dead"]))
         .all(conn)
         .await
 }
