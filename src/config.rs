@@ -32,6 +32,10 @@ pub struct Config {
     pub mailchimp: MailchimpConfig,
     /// Mailchimp Transactional (Mandrill) webhooks; off without `webhook_key`.
     pub mandrill: MandrillConfig,
+    /// Keys given (in the file or the environment) that no setting reads, a
+    /// misspelling most likely; every command warns about them.
+    #[serde(skip)]
+    pub unknown_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             limits: Default::default(),
             mailchimp: Default::default(),
             mandrill: Default::default(),
+            unknown_keys: Vec::new(),
         }
     }
 }
@@ -421,6 +426,21 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// The keys in `fig` that deserialising a [`Config`] passes over, as dotted
+/// paths (`server.bnid`). Best effort: a second pass over the merged values,
+/// whose own errors were already reported by the first.
+fn unknown_keys(fig: &Figment) -> Vec<String> {
+    let Ok(value) = fig.extract::<figment::value::Value>() else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    let _ = serde_ignored::deserialize::<_, _, Config>(&value, |path| {
+        keys.push(path.to_string());
+    });
+    keys.sort();
+    keys
+}
+
 /// Environment variables with the `LISTGUARD_` prefix that are not configuration keys.
 const NON_KEY_VARS: &[&str] = &["CONFIG", "LOG_FORMAT", "ADMIN_KEY"];
 
@@ -473,6 +493,7 @@ impl Config {
         let mut config: Config = fig
             .extract()
             .map_err(|e| anyhow::anyhow!("configuration: {}", describe_error(&e)))?;
+        config.unknown_keys = unknown_keys(&fig);
         if config.lists.is_empty() {
             config.lists = default_lists();
         }
@@ -485,6 +506,13 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Logs a warning for each key in [`Config::unknown_keys`].
+    pub fn warn_about_unknown_keys(&self) {
+        for key in &self.unknown_keys {
+            tracing::warn!(key = %key, "configuration key not used by any setting; misspelt?");
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -737,6 +765,37 @@ mod tests {
         ];
         let err = Config::load_from(None, env).unwrap_err().to_string();
         assert!(err.contains("generated secrets"), "{err}");
+    }
+
+    #[test]
+    fn keys_nothing_reads_are_named_and_known_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("listguard.toml");
+        std::fs::write(
+            &path,
+            "[server]\nbind = \"127.0.0.1:1\"\nbnid = \"x\"\n[limts]\nx = 1\n\n[[lists]]\nslug = \"news\"\nname = \"News\"\nconsent_text = \"y\"\nconsent_version = \"1\"\nconsent_txt = \"y\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("LISTGUARD_MAIL__TRANSPRT".to_string(), "smtp".to_string()),
+            (
+                "LISTGUARD_LIMITS__SUBSCRIBE_PER_IP_PER_MINUTE".to_string(),
+                "5".to_string(),
+            ),
+        ];
+        let c = Config::load_from(Some(&path), env).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:1");
+        assert_eq!(
+            c.unknown_keys,
+            vec![
+                "limts",
+                "lists.0.consent_txt",
+                "mail.transprt",
+                "server.bnid"
+            ]
+        );
+        let clean = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+        assert!(clean.unknown_keys.is_empty(), "{:?}", clean.unknown_keys);
     }
 
     #[test]
