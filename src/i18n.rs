@@ -53,6 +53,52 @@ impl Locale {
     }
 }
 
+/// `text` with `{pending}` replaced by how long a confirmation link is valid
+/// (`retention.pending`), in `locale`'s words.
+pub fn fill(locale: Locale, text: &str, config: &crate::config::Config) -> String {
+    if text.contains("{pending}") {
+        text.replace("{pending}", &duration(locale, &config.retention.pending))
+    } else {
+        text.to_string()
+    }
+}
+
+/// A configured duration in words: "48 timmar", "7 days", "1 month". The
+/// largest unit that measures it exactly, but hours up to three days (a
+/// link "valid for 48 hours" reads better than "for 2 days").
+pub fn duration(locale: Locale, d: &crate::config::ConfigDuration) -> String {
+    use crate::config::ConfigDuration;
+    // (seconds, Swedish one/many, English one/many)
+    const UNITS: [(i64, &str, &str, &str, &str); 4] = [
+        (86_400, "dag", "dagar", "day", "days"),
+        (3_600, "timme", "timmar", "hour", "hours"),
+        (60, "minut", "minuter", "minute", "minutes"),
+        (1, "sekund", "sekunder", "second", "seconds"),
+    ];
+    let (n, words) = match d {
+        ConfigDuration::Months(m) => (i64::from(*m), ("månad", "månader", "month", "months")),
+        ConfigDuration::Fixed(f) => {
+            let secs = f.num_seconds();
+            let (size, sv1, svn, en1, enn) = UNITS
+                .iter()
+                .copied()
+                .find(|&(size, ..)| {
+                    secs % size == 0 && !(size == 86_400 && secs < 3 * 86_400 && secs != 86_400)
+                })
+                .unwrap_or(UNITS[3]);
+            (secs / size, (sv1, svn, en1, enn))
+        }
+    };
+    let (sv1, svn, en1, enn) = words;
+    let word = match (locale, n == 1) {
+        (Locale::Sv, true) => sv1,
+        (Locale::Sv, false) => svn,
+        (Locale::En, true) => en1,
+        (Locale::En, false) => enn,
+    };
+    format!("{n} {word}")
+}
+
 /// The text for `key` in `locale`; the key itself when unknown (a test checks
 /// that every key used exists in both languages).
 pub fn t(locale: Locale, key: &str) -> &'static str {
@@ -65,8 +111,8 @@ pub fn t(locale: Locale, key: &str) -> &'static str {
         ),
         "mail.confirm.button" => ("Bekräfta prenumerationen", "Confirm the subscription"),
         "mail.confirm.validity" => (
-            "Länken gäller i 48 timmar. Om du inte bekräftar raderas uppgifterna.",
-            "The link is valid for 48 hours. If you do not confirm, the data is deleted.",
+            "Länken gäller i {pending}. Om du inte bekräftar raderas uppgifterna.",
+            "The link is valid for {pending}. If you do not confirm, the data is deleted.",
         ),
         "mail.confirm.not_me" => (
             "Var det inte du? Då kan du ignorera det här brevet, eller se till att vi aldrig skickar ett sådant igen:",
@@ -108,8 +154,8 @@ pub fn t(locale: Locale, key: &str) -> &'static str {
         ),
         "page.expired.title" => ("Länken har gått ut", "The link has expired"),
         "page.expired.body" => (
-            "Länken gällde i 48 timmar. Fyll i adressen igen så skickar vi en ny.",
-            "The link was valid for 48 hours. Enter the address again and we send a new one.",
+            "Länken gällde i {pending}. Fyll i adressen igen så skickar vi en ny.",
+            "The link was valid for {pending}. Enter the address again and we send a new one.",
         ),
         "page.expired.email" => ("E-postadress", "E-mail address"),
         "page.expired.button" => ("Skicka en ny länk", "Send a new link"),
@@ -184,6 +230,31 @@ pub fn t(locale: Locale, key: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_both_languages() {
+        use crate::config::ConfigDuration;
+        let d = |s: &str| s.parse::<ConfigDuration>().unwrap();
+        assert_eq!(duration(Locale::Sv, &d("48h")), "48 timmar");
+        assert_eq!(duration(Locale::En, &d("48h")), "48 hours");
+        assert_eq!(duration(Locale::En, &d("24h")), "1 day");
+        assert_eq!(duration(Locale::Sv, &d("7d")), "7 dagar");
+        assert_eq!(duration(Locale::En, &d("90m")), "90 minutes");
+        assert_eq!(duration(Locale::En, &d("1h")), "1 hour");
+        assert_eq!(duration(Locale::Sv, &d("1 month")), "1 månad");
+        assert_eq!(duration(Locale::En, &d("1 year")), "12 months");
+    }
+
+    #[test]
+    fn the_confirmation_texts_name_the_configured_validity() {
+        let mut config = crate::config::Config::default();
+        config.retention.pending = "72h".parse().unwrap();
+        let text = fill(Locale::En, t(Locale::En, "mail.confirm.validity"), &config);
+        assert!(text.contains("valid for 3 days."), "{text}");
+        let text = fill(Locale::Sv, t(Locale::Sv, "page.expired.body"), &config);
+        assert!(text.contains("gällde i 3 dagar."), "{text}");
+        assert!(!text.contains('{'), "{text}");
+    }
 
     #[test]
     fn negotiation_prefers_query_then_header_then_default() {

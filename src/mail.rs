@@ -194,7 +194,7 @@ pub fn render_confirmation(
         greeting => t(l, "mail.greeting"),
         intro => t(l, "mail.confirm.intro"),
         button => t(l, "mail.confirm.button"),
-        validity => t(l, "mail.confirm.validity"),
+        validity => crate::i18n::fill(l, t(l, "mail.confirm.validity"), config),
         not_me => t(l, "mail.confirm.not_me"),
         not_me_link => t(l, "mail.confirm.not_me_link"),
         policy => t(l, "mail.policy"),

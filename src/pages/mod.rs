@@ -69,8 +69,8 @@ impl Page {
         let l = self.locale;
         let ctx = minijinja::context! {
             lang => l.code(),
-            title => t(l, self.title_key),
-            paragraphs => vec![t(l, self.body_key)],
+            title => crate::i18n::fill(l, t(l, self.title_key), &state.config),
+            paragraphs => vec![crate::i18n::fill(l, t(l, self.body_key), &state.config)],
             form => self.form,
             links => self.links,
             org_name => state.config.org.name,
