@@ -54,49 +54,52 @@ impl Locale {
 }
 
 /// `text` with `{pending}` replaced by how long a confirmation link is valid
-/// (`retention.pending`), in `locale`'s words.
-pub fn fill(locale: Locale, text: &str, config: &crate::config::Config) -> String {
+/// (`retention.pending`), in `locale`'s words; `text` itself when it has no
+/// such place (most texts: no copy is made for them).
+pub fn fill<'a>(
+    locale: Locale,
+    text: &'a str,
+    config: &crate::config::Config,
+) -> std::borrow::Cow<'a, str> {
     if text.contains("{pending}") {
         text.replace("{pending}", &duration(locale, &config.retention.pending))
+            .into()
     } else {
-        text.to_string()
+        text.into()
     }
 }
 
-/// A configured duration in words: "48 timmar", "7 days", "1 month". The
-/// largest unit that measures it exactly, but hours up to three days (a
-/// link "valid for 48 hours" reads better than "for 2 days").
+/// A unit of time in words: its length in seconds (none for a calendar
+/// month), then Swedish one and many, English one and many.
+type Unit = (i64, [&'static str; 4]);
+const MONTH: Unit = (0, ["månad", "månader", "month", "months"]);
+const DAY: Unit = (86_400, ["dag", "dagar", "day", "days"]);
+const HOUR: Unit = (3_600, ["timme", "timmar", "hour", "hours"]);
+const MINUTE: Unit = (60, ["minut", "minuter", "minute", "minutes"]);
+const SECOND: Unit = (1, ["sekund", "sekunder", "second", "seconds"]);
+
+/// A configured duration in words: "48 timmar", "7 days", "1 month": the
+/// largest unit that measures it exactly, hours up to three days.
 pub fn duration(locale: Locale, d: &crate::config::ConfigDuration) -> String {
     use crate::config::ConfigDuration;
-    // (seconds, Swedish one/many, English one/many)
-    const UNITS: [(i64, &str, &str, &str, &str); 4] = [
-        (86_400, "dag", "dagar", "day", "days"),
-        (3_600, "timme", "timmar", "hour", "hours"),
-        (60, "minut", "minuter", "minute", "minutes"),
-        (1, "sekund", "sekunder", "second", "seconds"),
-    ];
-    let (n, words) = match d {
-        ConfigDuration::Months(m) => (i64::from(*m), ("månad", "månader", "month", "months")),
+    let (n, (_, words)) = match d {
+        ConfigDuration::Months(m) => (i64::from(*m), MONTH),
         ConfigDuration::Fixed(f) => {
             let secs = f.num_seconds();
-            let (size, sv1, svn, en1, enn) = UNITS
-                .iter()
-                .copied()
-                .find(|&(size, ..)| {
-                    secs % size == 0 && !(size == 86_400 && secs < 3 * 86_400 && secs != 86_400)
-                })
-                .unwrap_or(UNITS[3]);
-            (secs / size, (sv1, svn, en1, enn))
+            // Hours up to three days: a link valid for 48 hours, not for 2 days.
+            let in_days = secs == DAY.0 || secs >= 3 * DAY.0;
+            let unit = [DAY, HOUR, MINUTE]
+                .into_iter()
+                .find(|u| secs % u.0 == 0 && (u.0 != DAY.0 || in_days))
+                .unwrap_or(SECOND);
+            (secs / unit.0, unit)
         }
     };
-    let (sv1, svn, en1, enn) = words;
-    let word = match (locale, n == 1) {
-        (Locale::Sv, true) => sv1,
-        (Locale::Sv, false) => svn,
-        (Locale::En, true) => en1,
-        (Locale::En, false) => enn,
+    let lang = match locale {
+        Locale::Sv => 0,
+        Locale::En => 2,
     };
-    format!("{n} {word}")
+    format!("{n} {}", words[lang + usize::from(n != 1)])
 }
 
 /// The text for `key` in `locale`; the key itself when unknown (a test checks

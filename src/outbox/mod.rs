@@ -6,8 +6,8 @@ pub mod mail_worker;
 mod store;
 
 pub use store::{
-    ClaimedJob, JobFailure, JobKind, claim, complete, complete_many, complete_with_note, enqueue,
-    fail, job_model, status_in,
+    ClaimedJob, JobFailure, JobKind, claim, complete_many, complete_with_note, enqueue, fail,
+    job_model, status_in,
 };
 
 /// What one step of a worker did.

@@ -1,4 +1,4 @@
-//! The outbox table: enqueue, claim, complete, fail. Claiming uses
+//! The outbox table: enqueue, claim, complete (many at once), fail. Claiming uses
 //! `FOR UPDATE SKIP LOCKED` on PostgreSQL so that several replicas can work one
 //! outbox; SQLite has one writer and needs no such clause.
 use chrono::{DateTime, Utc};
@@ -151,21 +151,6 @@ pub async fn claim<C: ConnectionTrait>(
     rows.iter()
         .map(|r| ClaimedJob::from_query_result(r, ""))
         .collect()
-}
-
-/// Marks a job done and clears its payload.
-pub async fn complete<C: ConnectionTrait>(
-    conn: &C,
-    id: i64,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    let stmt = Statement::from_sql_and_values(
-        conn.get_database_backend(),
-        "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, last_error = NULL, updated_at = $1 WHERE id = $2",
-        [now.into(), id.into()],
-    );
-    conn.execute_raw(stmt).await?;
-    Ok(())
 }
 
 /// Marks a job done, clears its payload, and keeps a note of how it ended
