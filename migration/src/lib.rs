@@ -10,6 +10,7 @@ mod m20261124_000004_sealed_request_address;
 mod m20261124_000005_outbox_live_jobs_index;
 mod m20261124_000006_outbox_unsent_subject_index;
 mod m20261124_000007_outbox_lean_indexes;
+mod m20261124_000008_hash_columns_binary_collation;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_outbox_live_jobs_index::Migration),
             Box::new(m20261124_000006_outbox_unsent_subject_index::Migration),
             Box::new(m20261124_000007_outbox_lean_indexes::Migration),
+            Box::new(m20261124_000008_hash_columns_binary_collation::Migration),
         ]
     }
 }
