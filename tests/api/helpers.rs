@@ -64,15 +64,61 @@ pub fn t0() -> DateTime<Utc> {
     "2026-01-31T10:00:00Z".parse().unwrap()
 }
 
+/// Set once this test process has dropped the databases of earlier runs.
+static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Drops the test databases of test processes that are no longer running
+/// (each test's database is named after its process), so that runs do not
+/// pile databases up on the server. A run still going is left alone.
+async fn sweep_finished_runs(admin: &sea_orm::DatabaseConnection) {
+    if !std::path::Path::new("/proc/self").exists() {
+        // No way to tell a finished run from one going on.
+        return;
+    }
+    let backend = admin.get_database_backend();
+    let Ok(rows) = admin
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT datname FROM pg_database WHERE datname LIKE 'lg\\_test\\_%'",
+        ))
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let Ok(name) = row.try_get::<String>("", "datname") else {
+            continue;
+        };
+        let finished = name
+            .strip_prefix("lg_test_")
+            .and_then(|rest| rest.split_once('_'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if finished {
+            let _ = admin
+                .execute_raw(Statement::from_string(
+                    backend,
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ))
+                .await;
+        }
+    }
+}
+
 /// The database URL for a new test: a fresh SQLite file, or a fresh PostgreSQL
 /// database on the server named by `LISTGUARD_TEST_DATABASE_URL`.
 async fn fresh_database_url() -> String {
     match std::env::var("LISTGUARD_TEST_DATABASE_URL") {
         Ok(server) if server.starts_with("postgres") => {
-            let name = format!("lg_test_{}", uuid::Uuid::new_v4().simple());
+            let name = format!(
+                "lg_test_{}_{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            );
             let admin = Database::connect(&server)
                 .await
                 .expect("PostgreSQL reachable");
+            SWEPT.get_or_init(|| sweep_finished_runs(&admin)).await;
             admin
                 .execute_raw(Statement::from_string(
                     admin.get_database_backend(),
