@@ -11,6 +11,7 @@ mod m20261124_000005_outbox_live_jobs_index;
 mod m20261124_000006_outbox_unsent_subject_index;
 mod m20261124_000007_outbox_lean_indexes;
 mod m20261124_000008_hash_columns_binary_collation;
+mod m20261124_000009_hash_probe_indexes;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000006_outbox_unsent_subject_index::Migration),
             Box::new(m20261124_000007_outbox_lean_indexes::Migration),
             Box::new(m20261124_000008_hash_columns_binary_collation::Migration),
+            Box::new(m20261124_000009_hash_probe_indexes::Migration),
         ]
     }
 }

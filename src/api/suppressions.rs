@@ -183,29 +183,10 @@ impl SuppressionsApi {
         if body.emails.len() > MAX_ADDRESSES {
             return Err(ApiError::validation("emails", "may hold at most 10000 addresses").into());
         }
-        let parsed: Vec<Option<String>> = body
-            .emails
-            .iter()
-            .map(|e| {
-                EmailAddress::parse(e)
-                    .ok()
-                    .map(|a| self.state.keys.hasher.hash(&a))
-            })
-            .collect();
-        let hashes: Vec<String> = parsed.iter().flatten().cloned().collect();
-        let answers = supp::check_many(
-            &self.state.db,
-            body.list.as_deref(),
-            &hashes,
-            self.state.now(),
-        )
-        .await?;
-        let mut answers = answers.into_iter();
-        let results = body
-            .emails
+        let answers = supp::check_addresses(&self.state, body.list.as_deref(), body.emails).await?;
+        let results = answers
             .into_iter()
-            .zip(parsed)
-            .map(|(email, hash)| match hash.and_then(|_| answers.next()) {
+            .map(|(email, answer)| match answer {
                 Some(a) => CheckResult {
                     email,
                     suppressed: a.suppressed,
