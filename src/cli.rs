@@ -12,7 +12,7 @@ use crate::{
     services::{
         privacy::{self, CLI_ACTOR},
         purge,
-        suppression::{self, ALL_LISTS, Reason, Source},
+        suppression::{self, ALL_LISTS, Reason},
     },
     startup,
     state::AppState,
@@ -180,24 +180,7 @@ impl Cli {
                 let reason = Reason::parse(reason)
                     .ok_or_else(|| anyhow::anyhow!("unknown reason {reason:?}"))?;
                 let scope = list.clone().unwrap_or_else(|| ALL_LISTS.to_string());
-                let hash = state.keys.hasher.hash(&email);
-                let mc = state
-                    .config
-                    .mailchimp_mapped(&scope)
-                    .then(|| email.mailchimp_hash());
-                let tx = state.begin_write().await?;
-                suppression::add(
-                    &*tx,
-                    &state.config,
-                    &hash,
-                    &scope,
-                    reason,
-                    Source::Admin,
-                    mc,
-                    state.now(),
-                )
-                .await?;
-                tx.commit().await?;
+                suppression::add_by_admin(&state, &email, &scope, reason).await?;
                 println!("suppressed for {scope} ({})", reason.as_str());
             }
             SuppressAction::Check { email, list } => {

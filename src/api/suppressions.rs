@@ -15,7 +15,7 @@ use crate::{
     auth::ApiKey,
     domain::EmailAddress,
     error::{ApiError, ErrorResponse},
-    services::suppression::{self as supp, ALL_LISTS, Reason, Source},
+    services::suppression::{self as supp, ALL_LISTS, Reason},
     state::AppState,
 };
 
@@ -272,32 +272,7 @@ impl SuppressionsApi {
             Some(r) => Reason::parse(r)
                 .ok_or_else(|| ApiError::validation("reason", "is not a known reason"))?,
         };
-        let hash = self.state.keys.hasher.hash(&email);
-        let now = self.state.now();
-        let tx = self.state.begin_write().await?;
-        let mailchimp_hash = self
-            .state
-            .config
-            .mailchimp_mapped(&scope)
-            .then(|| email.mailchimp_hash());
-        supp::add(
-            &*tx,
-            &self.state.config,
-            &hash,
-            &scope,
-            reason,
-            Source::Admin,
-            mailchimp_hash,
-            now,
-        )
-        .await?;
-        let row = suppression::Entity::find()
-            .filter(suppression::Column::EmailHash.eq(&hash))
-            .filter(suppression::Column::Scope.eq(&scope))
-            .one(&*tx)
-            .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the entry vanished")))?;
-        tx.commit().await?;
+        let row = supp::add_by_admin(&self.state, &email, &scope, reason).await?;
         Ok(AddResponse::Created(Json(row.into())))
     }
 

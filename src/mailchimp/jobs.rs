@@ -117,6 +117,33 @@ pub async fn enqueue<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Queues, inside the caller's transaction, an unsubscribe of the member
+/// `hash` in the audience of every list of `slugs` that has one. Answers
+/// whether any was queued (the sync worker is then to be woken).
+pub async fn queue_unsubscribes<'a, C: ConnectionTrait>(
+    conn: &C,
+    config: &Config,
+    slugs: impl IntoIterator<Item = &'a str>,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let mut queued = false;
+    for slug in slugs {
+        if let Some(list_id) = config
+            .list(slug)
+            .and_then(|l| l.mailchimp_list_id.as_deref())
+        {
+            let job = MailchimpJob::Unsubscribe {
+                list_id: list_id.to_string(),
+                hash: hash.to_string(),
+            };
+            enqueue(conn, &job, None, now).await?;
+            queued = true;
+        }
+    }
+    Ok(queued)
+}
+
 /// Mailchimp's `FNAME`/`LNAME` from one display name: the first word, and the rest.
 pub fn split_name(name: Option<&str>) -> MergeFields {
     let name = name.unwrap_or("").trim();

@@ -136,6 +136,61 @@ pub async fn add<C: ConnectionTrait>(
     add_many(conn, vec![row]).await
 }
 
+/// An administrator's entry (`POST /v1/suppressions`, `listguard suppress
+/// add`), in one transaction with what Mailchimp must be told: every
+/// Mailchimp-mapped list in `scope` gets its member set to `unsubscribed`,
+/// so that Mailchimp does not mail an address suppressed here. The job holds
+/// only the Mailchimp subscriber hash; a member Mailchimp does not have is
+/// nothing to do. Answers the entry as stored.
+pub async fn add_by_admin(
+    state: &AppState,
+    email: &EmailAddress,
+    scope: &str,
+    reason: Reason,
+) -> Result<suppression::Model, DbErr> {
+    let config = &state.config;
+    let hash = state.keys.hasher.hash(email);
+    let now = state.now();
+    let member = config
+        .mailchimp_mapped(scope)
+        .then(|| email.mailchimp_hash());
+    let tx = state.begin_write().await?;
+    add(
+        &*tx,
+        config,
+        &hash,
+        scope,
+        reason,
+        Source::Admin,
+        member.clone(),
+        now,
+    )
+    .await?;
+    let lists: Vec<&str> = config
+        .lists
+        .iter()
+        .filter(|l| scope == ALL_LISTS || l.slug == scope)
+        .map(|l| l.slug.as_str())
+        .collect();
+    let queued = match &member {
+        Some(member) => {
+            crate::mailchimp::jobs::queue_unsubscribes(&*tx, config, lists, member, now).await?
+        }
+        None => false,
+    };
+    let row = suppression::Entity::find()
+        .filter(suppression::Column::EmailHash.eq(&hash))
+        .filter(suppression::Column::Scope.eq(scope))
+        .one(&*tx)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("the entry just written".into()))?;
+    tx.commit().await?;
+    if queued {
+        state.sync_notify.notify_one();
+    }
+    Ok(row)
+}
+
 /// The row of a new entry; its expiry follows `retention`.
 #[allow(clippy::too_many_arguments)]
 pub fn entry(

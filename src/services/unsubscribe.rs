@@ -281,22 +281,14 @@ async fn tell_mailchimp<C: ConnectionTrait>(
     if matches!(source, Source::Mailchimp | Source::Reconcile) {
         return Ok(false);
     }
-    let mut queued = false;
-    for slug in left {
-        if let Some(list_id) = state
-            .config
-            .list(slug)
-            .and_then(|l| l.mailchimp_list_id.as_deref())
-        {
-            let job = MailchimpJob::Unsubscribe {
-                list_id: list_id.to_string(),
-                hash: member.to_string(),
-            };
-            mailchimp_jobs::enqueue(conn, &job, None, now).await?;
-            queued = true;
-        }
-    }
-    Ok(queued)
+    mailchimp_jobs::queue_unsubscribes(
+        conn,
+        &state.config,
+        left.iter().map(String::as_str),
+        member,
+        now,
+    )
+    .await
 }
 
 /// Whether an unsent job must go with the unsubscribe: all of them when the

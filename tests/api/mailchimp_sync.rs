@@ -190,6 +190,65 @@ async fn confirm_unsubscribe_and_expiry_reach_the_audience_and_no_job_keeps_the_
 }
 
 #[tokio::test]
+async fn an_administrators_entry_unsubscribes_the_member_in_mailchimp() {
+    let fake = FakeMailchimp::start(&[AUDIENCE]).await;
+    let app = app_with(&fake, |_| {}).await;
+    let emails = app.seed_confirmed("asked", 2).await;
+    app.settle_sync().await;
+    for e in &emails {
+        assert_eq!(
+            fake.member(AUDIENCE, &hash_of(e)).unwrap().status,
+            "subscribed"
+        );
+    }
+    // One entry for the mapped list, one for all lists, one for an address
+    // Mailchimp has never seen.
+    for (email, list) in [
+        (emails[0].as_str(), Some("newsletter")),
+        (emails[1].as_str(), None),
+        ("stranger@example.org", Some("newsletter")),
+    ] {
+        let mut body = serde_json::json!({"email": email, "reason": "manual"});
+        if let Some(l) = list {
+            body["list"] = l.into();
+        }
+        let resp = app
+            .admin(Method::POST, "/v1/suppressions")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    let payloads = app
+        .query(
+            "SELECT payload FROM outbox WHERE kind = 'mailchimp' AND status = 'pending'",
+            vec![],
+        )
+        .await;
+    assert_eq!(payloads.len(), 3, "one job per entry");
+    for row in payloads {
+        let payload: String = row.try_get("", "payload").unwrap();
+        assert!(
+            !payload.contains("asked-") && !payload.contains("stranger"),
+            "a job holds only the member hash: {payload}"
+        );
+    }
+    app.settle_sync().await;
+    for e in &emails {
+        assert_eq!(
+            fake.member(AUDIENCE, &hash_of(e)).unwrap().status,
+            "unsubscribed"
+        );
+    }
+    assert!(
+        fake.member(AUDIENCE, &hash_of("stranger@example.org"))
+            .is_none()
+    );
+    assert_eq!(app.dead_letters().await, 0);
+}
+
+#[tokio::test]
 async fn with_a_third_of_the_answers_failing_every_change_arrives_within_the_connection_limit() {
     let fake = FakeMailchimp::start(&[AUDIENCE]).await;
     let app = app_with(&fake, |c| c.mailchimp.concurrency = 4).await;
