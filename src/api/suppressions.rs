@@ -255,7 +255,8 @@ impl SuppressionsApi {
         })))
     }
 
-    /// Add an entry by hand (scope `admin`).
+    /// Add an entry by hand (scope `admin`). Where a list in its scope is mapped
+    /// to Mailchimp, the member is set to `unsubscribed` there.
     #[oai(path = "/", method = "post")]
     async fn add(
         &self,
