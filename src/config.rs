@@ -571,6 +571,16 @@ impl Config {
         if self.mandrill.webhook_key.is_some() != self.mandrill.webhook_url.is_some() {
             anyhow::bail!("mandrill.webhook_key and mandrill.webhook_url go together");
         }
+        // A misspelt reason would leave its entries on the default retention
+        // without a word.
+        for reason in self.retention.suppression_by_reason.keys() {
+            if crate::services::suppression::Reason::parse(reason).is_none() {
+                anyhow::bail!(
+                    "retention.suppression_by_reason: {reason:?} is not a reason (unsubscribed, \
+                     bounce, complaint, blocked, manual, erased)"
+                );
+            }
+        }
         for k in &self.api_keys {
             if k.key_sha256.len() != 64 || !k.key_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 anyhow::bail!("api_keys: {:?} needs key_sha256 as 64 hex digits", k.name);
@@ -765,6 +775,22 @@ mod tests {
         ];
         let err = Config::load_from(None, env).unwrap_err().to_string();
         assert!(err.contains("generated secrets"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_for_an_unknown_reason_is_refused() {
+        let env = |reason: &str| {
+            vec![(
+                "LISTGUARD_RETENTION__SUPPRESSION_BY_REASON".to_string(),
+                format!("{{\"{reason}\": \"2 months\"}}"),
+            )]
+        };
+        let c = Config::load_from(None, env("bounce")).unwrap();
+        assert_eq!(c.suppression_retention("bounce"), ConfigDuration::Months(2),);
+        let err = Config::load_from(None, env("bounced"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"bounced\" is not a reason"), "{err}");
     }
 
     #[test]
