@@ -515,7 +515,10 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Refuses a configuration the service cannot run with, naming the
+    /// setting. [`Config::load`] calls it; so does building the service, for
+    /// a configuration made in code.
+    pub fn validate(&self) -> anyhow::Result<()> {
         let mut seen = std::collections::HashSet::new();
         for l in &self.lists {
             crate::domain::ListSlug::parse(&l.slug)

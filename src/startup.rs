@@ -52,6 +52,7 @@ pub struct Application {
 
 /// Connects, migrates, resolves secrets: the state every part shares.
 pub async fn build_state(config: Config, options: &BuildOptions) -> anyhow::Result<AppState> {
+    config.validate()?;
     config.warn_about_unknown_keys();
     let config = Arc::new(config);
     let db = db::connect(&config.database).await?;

@@ -28,3 +28,19 @@ async fn the_committed_openapi_document_matches_the_code() {
         "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json` (or UPDATE_OPENAPI=1 cargo test)"
     );
 }
+
+#[tokio::test]
+async fn a_configuration_made_in_code_is_checked_as_a_loaded_one_is() {
+    let mut config = listguard::config::Config::default();
+    config.server.bind = "127.0.0.1:0".into();
+    config.lists[0].mailchimp_list_id = Some("a6b5da1054".into());
+    let err = listguard::startup::Application::build_with(
+        config,
+        listguard::startup::BuildOptions::default(),
+    )
+    .await
+    .err()
+    .expect("a mapped list without a Mailchimp key is refused")
+    .to_string();
+    assert!(err.contains("mailchimp.api_key"), "{err}");
+}

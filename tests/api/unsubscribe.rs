@@ -484,7 +484,13 @@ async fn the_bulk_check_takes_ten_thousand_addresses_and_reports_bad_ones() {
 
 #[tokio::test]
 async fn an_unsubscribe_from_a_mailchimp_list_keeps_only_the_member_hash_for_later() {
-    let app = spawn_app_with(|c| c.lists[0].mailchimp_list_id = Some("a6b5da1054".into())).await;
+    let fake = crate::fake_mailchimp::FakeMailchimp::start(&["a6b5da1054"]).await;
+    let app = spawn_app_with(move |c| {
+        c.lists[0].mailchimp_list_id = Some("a6b5da1054".into());
+        c.mailchimp.api_key = Some(crate::fake_mailchimp::FAKE_API_KEY.into());
+        c.mailchimp.base_url = Some(fake.base_url());
+    })
+    .await;
     app.subscribe_and_confirm("Urist.McVankab@freddiesjokes.com")
         .await;
     let url = app
