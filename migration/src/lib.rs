@@ -32,3 +32,15 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+/// Runs `statements` in order on PostgreSQL; on SQLite, which the change does
+/// not concern, nothing.
+async fn on_postgres_only(m: &SchemaManager<'_>, statements: Vec<String>) -> Result<(), DbErr> {
+    if m.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    for sql in statements {
+        m.get_connection().execute_unprepared(&sql).await?;
+    }
+    Ok(())
+}

@@ -30,19 +30,20 @@ const COLUMNS: &[(&str, &str)] = &[
     ("webhook_receipts", "digest"),
 ];
 
+/// SQLite compares text byte by byte unless told otherwise: PostgreSQL only.
 async fn set_collation(m: &SchemaManager<'_>, collation: &str) -> Result<(), DbErr> {
-    if m.get_database_backend() != sea_orm::DbBackend::Postgres {
-        // SQLite compares text byte by byte unless told otherwise.
-        return Ok(());
-    }
-    for (table, column) in COLUMNS {
-        m.get_connection()
-            .execute_unprepared(&format!(
-                "ALTER TABLE {table} ALTER COLUMN {column} TYPE varchar COLLATE {collation}"
-            ))
-            .await?;
-    }
-    Ok(())
+    crate::on_postgres_only(
+        m,
+        COLUMNS
+            .iter()
+            .map(|(table, column)| {
+                format!(
+                    "ALTER TABLE {table} ALTER COLUMN {column} TYPE varchar COLLATE {collation}"
+                )
+            })
+            .collect(),
+    )
+    .await
 }
 
 #[async_trait::async_trait]

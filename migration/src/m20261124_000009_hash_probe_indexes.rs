@@ -21,35 +21,29 @@ const INDEXES: &[(&str, &str)] = &[
     ("ix_subscribers_hash_probe", "subscribers"),
 ];
 
-fn on_postgres(m: &SchemaManager<'_>) -> bool {
-    m.get_database_backend() == sea_orm::DbBackend::Postgres
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if !on_postgres(m) {
-            return Ok(());
-        }
-        for (index, table) in INDEXES {
-            m.get_connection()
-                .execute_unprepared(&format!(
-                    "CREATE INDEX {index} ON {table} USING hash ((email_hash || ''))"
-                ))
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres_only(
+            m,
+            INDEXES
+                .iter()
+                .map(|(index, table)| {
+                    format!("CREATE INDEX {index} ON {table} USING hash ((email_hash || ''))")
+                })
+                .collect(),
+        )
+        .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if !on_postgres(m) {
-            return Ok(());
-        }
-        for (index, _) in INDEXES {
-            m.get_connection()
-                .execute_unprepared(&format!("DROP INDEX {index}"))
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres_only(
+            m,
+            INDEXES
+                .iter()
+                .map(|(index, _)| format!("DROP INDEX {index}"))
+                .collect(),
+        )
+        .await
     }
 }

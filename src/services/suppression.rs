@@ -166,14 +166,14 @@ pub async fn add_by_admin(
         now,
     )
     .await?;
-    let lists: Vec<&str> = config
-        .lists
-        .iter()
-        .filter(|l| scope == ALL_LISTS || l.slug == scope)
-        .map(|l| l.slug.as_str())
-        .collect();
     let queued = match &member {
         Some(member) => {
+            let lists: Vec<&str> = config
+                .lists
+                .iter()
+                .filter(|l| scope == ALL_LISTS || l.slug == scope)
+                .map(|l| l.slug.as_str())
+                .collect();
             crate::mailchimp::jobs::queue_unsubscribes(&*tx, config, lists, member, now).await?
         }
         None => false,

@@ -349,7 +349,6 @@ impl TestApp {
 }
 
 impl TestApp {
-    /// A request with the admin key.
     /// An admin call without a body, answered with JSON.
     pub async fn admin_json(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
         self.admin(method, path)
@@ -361,10 +360,22 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A request with the admin key.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.url(path))
             .bearer_auth(ADMIN_KEY)
+    }
+
+    /// An entry added by hand (`POST /v1/suppressions`), which must answer 201.
+    pub async fn add_suppression(&self, entry: serde_json::Value) {
+        let resp = self
+            .admin(reqwest::Method::POST, "/v1/suppressions")
+            .json(&entry)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{entry}");
     }
 
     /// A request with the sender key.

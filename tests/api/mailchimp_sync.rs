@@ -208,17 +208,11 @@ async fn an_administrators_entry_unsubscribes_the_member_in_mailchimp() {
         (emails[1].as_str(), None),
         ("stranger@example.org", Some("newsletter")),
     ] {
-        let mut body = serde_json::json!({"email": email, "reason": "manual"});
+        let mut entry = serde_json::json!({"email": email, "reason": "manual"});
         if let Some(l) = list {
-            body["list"] = l.into();
+            entry["list"] = l.into();
         }
-        let resp = app
-            .admin(Method::POST, "/v1/suppressions")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
+        app.add_suppression(entry).await;
     }
     let payloads = app
         .query(

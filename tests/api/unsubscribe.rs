@@ -244,13 +244,8 @@ async fn complaint_bounce_and_blocked_entries_stop_confirmation_mail_behind_the_
         ("b@example.org", "bounce"),
         ("x@example.org", "blocked"),
     ] {
-        let resp = app
-            .admin(Method::POST, "/v1/suppressions")
-            .json(&serde_json::json!({"email": email, "reason": reason}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
+        app.add_suppression(serde_json::json!({"email": email, "reason": reason}))
+            .await;
         let resp = app.subscribe(email).await;
         assert_eq!(resp.status(), 202);
         assert_eq!(resp.bytes().await.unwrap(), uniform);
@@ -416,13 +411,8 @@ async fn the_bulk_check_takes_ten_thousand_addresses_and_reports_bad_ones() {
     app.subscribe_and_confirm("in@example.org").await;
     app.subscribe_and_confirm("in2@example.org").await;
     for out in ["out@example.org", "out2@example.org"] {
-        let add = app
-            .admin(Method::POST, "/v1/suppressions")
-            .json(&serde_json::json!({"email": out, "list": "newsletter"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(add.status(), 201);
+        app.add_suppression(serde_json::json!({"email": out, "list": "newsletter"}))
+            .await;
     }
     let mut emails: Vec<String> = (0..9_998).map(|i| format!("bulk{i}@example.org")).collect();
     emails.push("in@example.org".into());

@@ -2,7 +2,7 @@
 //! events signed with `X-Mandrill-Signature`, and registering the audience
 //! webhook at (a fake) Mailchimp.
 use listguard::mailchimp::webhook::{audience_signature, mandrill_signature};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
@@ -685,13 +685,10 @@ async fn mandrill_events_map_to_reasons_and_blacklist_removal_lifts() {
         assert_eq!(check["reason"].as_str(), reason, "{email}");
     }
     // An entry made by hand survives the rejection-list removal.
-    let resp = app
-        .admin(Method::POST, "/v1/suppressions")
-        .json(&json!({"email": "listed@example.org", "list": "newsletter", "reason": "manual"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    app.add_suppression(
+        json!({"email": "listed@example.org", "list": "newsletter", "reason": "manual"}),
+    )
+    .await;
     let (body, signature) = mandrill_delivery(&json!([
         {"type": "blacklist", "action": "remove", "reject": {"email": "listed@example.org"}}
     ]));
