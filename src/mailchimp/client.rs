@@ -3,8 +3,9 @@
 //! their failures (retry, or not).
 //!
 //! At most `mailchimp.concurrency` calls are in flight at once, whoever makes
-//! them: Mailchimp allows 10 simultaneous connections per account and answers
-//! 429 past that.
+//! them, and each has its own connection, which Mailchimp closes after its
+//! answer: Mailchimp allows 10 simultaneous connections per account and
+//! answers 429 past that.
 use std::{sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -152,8 +153,8 @@ impl MailchimpClient {
         let http = reqwest::Client::builder()
             .timeout(config.mailchimp.timeout.approx_std())
             .connect_timeout(Duration::from_secs(10))
-            // Never more idle connections than calls we let run at once.
-            .pool_max_idle_per_host(concurrency)
+            // No pooled connections: see `call`.
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("listguard/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Some(Self {
@@ -181,9 +182,18 @@ impl MailchimpClient {
             .acquire()
             .await
             .map_err(|_| CallError::Transient("client closed".into()))?;
+        // `Connection: close`: Mailchimp closes the connection once it has
+        // answered, before the permit goes back, so it never sees more open
+        // connections than `mailchimp.concurrency` (it allows 10 per account).
+        // A pooled keep-alive connection goes back to hyper's pool only a
+        // moment after its answer has been read, and a call starting in that
+        // moment opens one more; reqwest has no per-host connection limit.
+        // The price is a TLS handshake per call, small next to Mailchimp's
+        // own latency, and bulk changes go through the batch endpoint.
         let mut req = self
             .http
             .request(method, self.url(path))
+            .header(reqwest::header::CONNECTION, "close")
             .basic_auth("listguard", Some(self.key.expose_secret()));
         if let Some(b) = body {
             req = req.json(b);
