@@ -53,7 +53,9 @@ fn error_response(e: poem::Error) -> Response {
 /// the `Allow` header of a 405.
 #[derive(Debug, Default)]
 pub struct AllowTable {
-    routes: Vec<(Vec<Option<String>>, String)>,
+    /// Per route: its segments (`None` for a parameter), its methods and
+    /// its template as the spec writes it.
+    routes: Vec<(Vec<Option<String>>, String, String)>,
 }
 
 impl AllowTable {
@@ -76,27 +78,38 @@ impl AllowTable {
                 if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
                     methods.push("HEAD".into());
                 }
-                routes.push((segs, methods.join(", ")));
+                routes.push((segs, methods.join(", "), path.clone()));
             }
         }
         for fixed in ["/openapi.json", "/docs"] {
-            routes.push((vec![Some(fixed[1..].to_string())], "GET, HEAD".into()));
+            routes.push((
+                vec![Some(fixed[1..].to_string())],
+                "GET, HEAD".into(),
+                fixed.into(),
+            ));
         }
         Self { routes }
     }
 
-    fn allow_for(&self, path: &str) -> Option<&str> {
+    fn route(&self, path: &str) -> Option<&(Vec<Option<String>>, String, String)> {
         let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-        self.routes
-            .iter()
-            .find(|(pattern, _)| {
-                pattern.len() == segs.len()
-                    && pattern
-                        .iter()
-                        .zip(&segs)
-                        .all(|(p, s)| p.as_deref().is_none_or(|p| p == *s))
-            })
-            .map(|(_, m)| m.as_str())
+        self.routes.iter().find(|(pattern, _, _)| {
+            pattern.len() == segs.len()
+                && pattern
+                    .iter()
+                    .zip(&segs)
+                    .all(|(p, s)| p.as_deref().is_none_or(|p| p == *s))
+        })
+    }
+
+    fn allow_for(&self, path: &str) -> Option<&str> {
+        self.route(path).map(|(_, m, _)| m.as_str())
+    }
+
+    /// The documented template a path matches (`/v1/unsubscribe/{token}`),
+    /// or `other`: what metrics may name, never the path itself.
+    pub fn template_for(&self, path: &str) -> &str {
+        self.route(path).map_or("other", |(_, _, t)| t.as_str())
     }
 }
 
@@ -106,6 +119,8 @@ pub struct Plumbing {
     /// For the bulk sender calls, which take up to 10,000 addresses.
     pub max_bulk_body: usize,
     pub allow: Arc<AllowTable>,
+    /// Whose metrics count the requests.
+    pub state: crate::state::AppState,
 }
 
 impl Plumbing {
@@ -137,13 +152,20 @@ impl Plumbing {
         .instrument(span.clone())
         .await;
         let mut resp = result;
+        let elapsed = started.elapsed();
         span.in_scope(|| {
             tracing::info!(
                 status = resp.status().as_u16(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = elapsed.as_millis() as u64,
                 "request finished"
             )
         });
+        self.state.metrics.observe_request(
+            method.as_str(),
+            self.allow.template_for(&path),
+            resp.status().as_u16(),
+            elapsed,
+        );
         if let Ok(v) = request_id.parse() {
             resp.headers_mut().insert("x-request-id", v);
         }

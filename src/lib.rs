@@ -16,6 +16,7 @@ pub mod http;
 pub mod i18n;
 pub mod mail;
 pub mod mailchimp;
+pub mod metrics;
 pub mod outbox;
 pub mod pages;
 pub mod scheduler;

@@ -85,10 +85,12 @@ pub fn routes(state: AppState) -> BoxEndpoint<'static> {
         max_body: state.config.server.max_body_bytes,
         max_bulk_body: state.config.server.max_bulk_body_bytes,
         allow,
+        state: state.clone(),
     });
     Route::new()
-        .at("/openapi.json", service.spec_endpoint())
-        .nest("/docs", service.swagger_ui())
+        // GET (and HEAD) only: any other method is a 405 with `Allow`.
+        .at("/openapi.json", poem::get(service.spec_endpoint()))
+        .nest("/docs", poem::get(service.swagger_ui()))
         .nest("/", service)
         .data(state_for_data)
         .with(CatchPanic::new().with_handler(panic_response))

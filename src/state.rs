@@ -61,6 +61,8 @@ pub struct State {
     /// than a concurrent insert, so that their signups went one by one:
     /// correct but slow, and a sign of a bug.
     pub signup_batch_failures: std::sync::atomic::AtomicU64,
+    /// What `GET /metrics` serves.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write lock.
@@ -113,6 +115,7 @@ impl State {
             unsubscribes: OnceLock::new(),
             consent_texts_stored: Default::default(),
             signup_batch_failures: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 

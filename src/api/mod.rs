@@ -28,7 +28,7 @@ pub enum ApiTags {
     Admin,
     /// Self-service access and erasure, proven by a mailed link.
     Privacy,
-    /// Health and readiness.
+    /// Health, readiness and metrics.
     Ops,
 }
 

@@ -1,5 +1,8 @@
-//! Health and readiness.
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+//! Health, readiness and metrics.
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    payload::{Json, PlainText},
+};
 use sea_orm::ConnectionTrait;
 
 use super::ApiTags;
@@ -26,6 +29,18 @@ pub enum ReadyResponse {
     NotReady(Json<Health>),
 }
 
+#[derive(ApiResponse)]
+pub enum MetricsResponse {
+    /// Prometheus metrics as OpenMetrics text: requests by method, route
+    /// template and status; outbox jobs, suppression entries and
+    /// subscriptions counted from the database (read at most every 10 s).
+    #[oai(
+        status = 200,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )]
+    Metrics(PlainText<String>),
+}
+
 #[OpenApi(tag = "ApiTags::Ops")]
 impl OpsApi {
     /// Liveness: the process serves requests.
@@ -34,6 +49,18 @@ impl OpsApi {
         Json(Health {
             status: "ok".into(),
         })
+    }
+
+    /// Metrics for Prometheus. Counts only: no label holds an address, a
+    /// hash or a token.
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> MetricsResponse {
+        let text = self
+            .state
+            .metrics
+            .render(&self.state.db, self.state.now())
+            .await;
+        MetricsResponse::Metrics(PlainText(text))
     }
 
     /// Readiness: the database is reachable.

@@ -18,6 +18,8 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    pub const ALL: [Self; 2] = [Self::Mail, Self::Mailchimp];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mail => "mail",

@@ -25,6 +25,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Self; 6] = [
+        Self::Unsubscribed,
+        Self::Bounce,
+        Self::Complaint,
+        Self::Blocked,
+        Self::Manual,
+        Self::Erased,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unsubscribed => "unsubscribed",

@@ -44,3 +44,134 @@ async fn a_configuration_made_in_code_is_checked_as_a_loaded_one_is() {
     .to_string();
     assert!(err.contains("mailchimp.api_key"), "{err}");
 }
+
+/// The value of one sample line of `/metrics`, by its name and labels as
+/// written there.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn scrape(app: &crate::helpers::TestApp) -> String {
+    let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    resp.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_read_the_queues_without_personal_data() {
+    let app = spawn_app().await;
+    let email = "metrics.person@example.org";
+    app.subscribe_and_confirm("confirmed.person@example.org")
+        .await;
+    assert_eq!(app.subscribe(email).await.status(), 202);
+    let url = app.unsubscribe_url("newsletter", email).await;
+    let token = url.rsplit('/').next().unwrap().to_string();
+    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 200);
+    app.add_suppression(serde_json::json!({"email": "gone@example.org", "reason": "complaint"}))
+        .await;
+
+    let text = scrape(&app).await;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for secret in [
+        email,
+        "confirmed.person",
+        "gone@example.org",
+        token.as_str(),
+    ] {
+        assert!(!text.contains(secret), "{secret} in the metrics");
+    }
+    let requests = |series: &str| sample(&text, &format!("listguard_http_requests_total{series}"));
+    assert_eq!(
+        requests(r#"{method="POST",route="/v1/subscriptions",status="202"}"#),
+        Some(2.0)
+    );
+    // The token's route by its template, never by its path.
+    assert_eq!(
+        requests(r#"{method="GET",route="/v1/unsubscribe/{token}",status="200"}"#),
+        Some(1.0)
+    );
+    // The confirmed address's mail was sent; the other's waits.
+    assert_eq!(
+        sample(
+            &text,
+            r#"listguard_outbox_jobs{kind="mail",status="pending"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"listguard_outbox_jobs{kind="mail",status="dead"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"listguard_subscriptions{list="newsletter",status="pending"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"listguard_subscriptions{list="newsletter",status="confirmed"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"listguard_suppressions{reason="complaint"}"#),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "listguard_database_counts_ok"), Some(1.0));
+
+    // Counts read from the database are kept for ten seconds of the
+    // service's clock, then read again: the entry has expired a month on.
+    app.clock.advance(chrono::Duration::days(40));
+    let text = scrape(&app).await;
+    assert_eq!(
+        sample(&text, r#"listguard_suppressions{reason="complaint"}"#),
+        Some(0.0)
+    );
+    // An unknown path counts as `other`, whatever it was.
+    app.http.get(app.url("/a/b/c")).send().await.unwrap();
+    let text = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"listguard_http_requests_total{method="GET",route="other",status="404"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn ops_endpoints_answer_a_wrong_method_with_405_and_allow() {
+    let app = spawn_app().await;
+    for (method, path) in [
+        (reqwest::Method::POST, "/metrics"),
+        (reqwest::Method::POST, "/openapi.json"),
+        (reqwest::Method::DELETE, "/docs"),
+        (reqwest::Method::PUT, "/healthz"),
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], "GET, HEAD", "{method} {path}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+    }
+    let head = app.http.head(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+}
