@@ -61,6 +61,16 @@ pub struct SubscribeForm {
     pub locale: Option<String>,
     pub source: Option<String>,
     pub captcha_token: Option<String>,
+    /// What a stock Cloudflare Turnstile widget adds to its form; taken
+    /// when `captcha_token` is absent.
+    #[oai(rename = "cf-turnstile-response")]
+    #[serde(rename = "cf-turnstile-response")]
+    pub cf_turnstile_response: Option<String>,
+    /// What a stock hCaptcha widget adds to its form; taken when
+    /// `captcha_token` is absent.
+    #[oai(rename = "h-captcha-response")]
+    #[serde(rename = "h-captcha-response")]
+    pub h_captcha_response: Option<String>,
     pub website: Option<String>,
 }
 
@@ -86,7 +96,10 @@ impl From<SubscribeBody> for SubscribeJson {
                 list: f.list,
                 locale: f.locale,
                 source: f.source,
-                captcha_token: f.captcha_token,
+                captcha_token: f
+                    .captcha_token
+                    .or(f.cf_turnstile_response)
+                    .or(f.h_captcha_response),
                 website: f.website,
             },
         }

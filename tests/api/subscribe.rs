@@ -213,6 +213,26 @@ async fn captcha_tokens_are_verified_with_the_provider() {
         .await;
     assert_eq!(ok.status(), 202);
     assert_eq!(app.subscriptions_of("cap@example.org").await.len(), 1);
+
+    // A form with a stock widget posts the token under the widget's own
+    // name (Turnstile's `cf-turnstile-response`, hCaptcha's
+    // `h-captcha-response`).
+    for (field, email) in [
+        ("cf-turnstile-response", "turnstile@example.org"),
+        ("h-captcha-response", "hcaptcha@example.org"),
+    ] {
+        for (token, status) in [("bad", 400), ("good", 202)] {
+            let resp = app
+                .http
+                .post(app.url("/v1/subscriptions"))
+                .form(&[("email", email), ("consent", "on"), (field, token)])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), status, "{field}={token}");
+        }
+        assert_eq!(app.subscriptions_of(email).await.len(), 1, "{field}");
+    }
 }
 
 #[tokio::test]
