@@ -147,7 +147,8 @@ pub enum MigrateAction {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
-    /// Print a fresh token-signing key and hash key, as configuration lines.
+    /// Print a fresh token-signing key and hash key, as configuration lines,
+    /// and a signing secret for an outbound webhook endpoint.
     Generate,
 }
 
@@ -257,6 +258,9 @@ impl Cli {
                 println!("[secrets]");
                 println!("token_keys = [\"{token_key}\"]");
                 println!("hash_key = \"{hash_key}\"");
+                let webhook = crate::crypto::b64_std_encode(&crate::crypto::random_bytes(32));
+                println!("# for an endpoint under [[webhooks]]:");
+                println!("# secret = \"whsec_{webhook}\"");
                 Ok(())
             }
             Command::Openapi => {

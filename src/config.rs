@@ -32,6 +32,8 @@ pub struct Config {
     pub mailchimp: MailchimpConfig,
     /// Mailchimp Transactional (Mandrill) webhooks; off without `webhook_key`.
     pub mandrill: MandrillConfig,
+    /// Endpoints that receive signed outbound events (Standard Webhooks).
+    pub webhooks: Vec<WebhookConfig>,
     /// Keys given (in the file or the environment) that no setting reads, a
     /// misspelling most likely; every command warns about them.
     #[serde(skip)]
@@ -53,6 +55,7 @@ impl Default for Config {
             limits: Default::default(),
             mailchimp: Default::default(),
             mandrill: Default::default(),
+            webhooks: Vec::new(),
             unknown_keys: Vec::new(),
         }
     }
@@ -250,6 +253,58 @@ pub struct CaptchaConfig {
 pub enum ApiScope {
     Admin,
     Sender,
+}
+
+/// One endpoint for outbound events.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookConfig {
+    /// Where the events are POSTed.
+    pub url: String,
+    /// `whsec_<base64>`; several (an array) while a key is being rotated:
+    /// every delivery then carries one signature per secret.
+    pub secret: WebhookSecrets,
+    /// The event types this endpoint takes; all of them when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// One signing secret, or several during a rotation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WebhookSecrets {
+    One(SecretString),
+    Many(Vec<SecretString>),
+}
+
+impl WebhookSecrets {
+    pub fn all(&self) -> Vec<&SecretString> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v.iter().collect(),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Whether this endpoint takes events of this type.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event_type)
+    }
+}
+
+/// The key bytes of a `whsec_` secret, or why it is not one.
+pub fn webhook_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or("a secret must start with whsec_")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "a secret must be whsec_ followed by base64".to_string())?;
+    if !(16..=64).contains(&key.len()) {
+        return Err("a secret must hold 16 to 64 bytes".into());
+    }
+    Ok(key)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -584,6 +639,29 @@ impl Config {
                 );
             }
         }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            url_like(&w.url).map_err(|e| anyhow::anyhow!("webhooks[{i}].url: {e}"))?;
+            if self.server.production && !w.url.starts_with("https://") {
+                anyhow::bail!("production mode needs https webhook URLs (webhooks[{i}].url)");
+            }
+            let secrets = w.secret.all();
+            if secrets.is_empty() {
+                anyhow::bail!("webhooks[{i}].secret: at least one secret is needed");
+            }
+            for s in secrets {
+                use secrecy::ExposeSecret;
+                webhook_key(s.expose_secret())
+                    .map_err(|e| anyhow::anyhow!("webhooks[{i}].secret: {e}"))?;
+            }
+            for e in &w.events {
+                if crate::events::EventType::parse(e).is_none() {
+                    anyhow::bail!(
+                        "webhooks[{i}].events: {e:?} is not an event type ({})",
+                        crate::events::EventType::ALL.map(|t| t.as_str()).join(", ")
+                    );
+                }
+            }
+        }
         for k in &self.api_keys {
             if k.key_sha256.len() != 64 || !k.key_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 anyhow::bail!("api_keys: {:?} needs key_sha256 as 64 hex digits", k.name);
@@ -794,6 +872,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"bounced\" is not a reason"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_come_from_a_file_or_the_environment_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("listguard.toml");
+        std::fs::write(
+            &path,
+            "[[webhooks]]\nurl = \"https://crm.example.org/hooks\"\n\
+             secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+             events = [\"subscription.confirmed\", \"subscriber.erased\"]\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.webhooks.len(), 1);
+        assert!(c.webhooks[0].wants("subscriber.erased"));
+        assert!(!c.webhooks[0].wants("suppression.added"));
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+
+        let env = |json: &str| vec![("LISTGUARD_WEBHOOKS".to_string(), json.to_string())];
+        let c = Config::load_from(
+            None,
+            env(r#"[{"url":"http://127.0.0.1:9/h","secret":["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}]"#),
+        )
+        .unwrap();
+        assert_eq!(c.webhooks[0].secret.all().len(), 2);
+        assert!(
+            c.webhooks[0].wants("suppression.expired"),
+            "no list: every type"
+        );
+
+        for (json, want) in [
+            (
+                r#"[{"url":"ftp://x","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]"#,
+                "webhooks[0].url",
+            ),
+            (
+                r#"[{"url":"https://x","secret":"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]"#,
+                "whsec_",
+            ),
+            (
+                r#"[{"url":"https://x","secret":"whsec_c2hvcnQ="}]"#,
+                "16 to 64 bytes",
+            ),
+            (
+                r#"[{"url":"https://x","secret":[]}]"#,
+                "at least one secret",
+            ),
+            (
+                r#"[{"url":"https://x","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["subscription.created"]}]"#,
+                "\"subscription.created\" is not an event type",
+            ),
+        ] {
+            let err = Config::load_from(None, env(json)).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}: {err}");
+            assert!(!err.contains("MfKQ9r8"), "the secret is not quoted: {err}");
+        }
     }
 
     #[test]

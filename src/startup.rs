@@ -154,6 +154,10 @@ impl Application {
                 self.state.clone(),
                 shutdown.clone(),
             )));
+            workers.push(tokio::spawn(crate::events::run(
+                self.state.clone(),
+                shutdown.clone(),
+            )));
             workers.push(tokio::spawn(crate::mailchimp::reconcile::run(
                 self.state.clone(),
                 shutdown.clone(),

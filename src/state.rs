@@ -42,6 +42,8 @@ pub struct State {
     pub outbox_notify: Notify,
     /// Woken after a commit that queued Mailchimp jobs.
     pub sync_notify: Notify,
+    /// Woken after a commit that queued outbound events.
+    pub events_notify: Notify,
     /// The Mailchimp client; `None` when Mailchimp is off.
     pub mailchimp: Option<Arc<MailchimpClient>>,
     /// Per-IP limit on subscribe and privacy requests.
@@ -105,6 +107,7 @@ impl State {
             mailer,
             outbox_notify: Notify::new(),
             sync_notify: Notify::new(),
+            events_notify: Notify::new(),
             mailchimp,
             ip_limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
             http: reqwest::Client::builder()

@@ -15,15 +15,18 @@ pub enum JobKind {
     Mail,
     /// A Mailchimp call (payload: [`crate::mailchimp::MailchimpJob`]).
     Mailchimp,
+    /// An outbound event for one endpoint (payload: [`crate::events::EventJob`]).
+    Event,
 }
 
 impl JobKind {
-    pub const ALL: [Self; 2] = [Self::Mail, Self::Mailchimp];
+    pub const ALL: [Self; 3] = [Self::Mail, Self::Mailchimp, Self::Event];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Mail => "mail",
             Self::Mailchimp => "mailchimp",
+            Self::Event => "event",
         }
     }
 }
@@ -39,6 +42,8 @@ impl JobKind {
     pub fn lease(self, config: &crate::config::Config) -> chrono::Duration {
         match self {
             Self::Mail => MAIL_LEASE,
+            // A delivery times out after 10 s.
+            Self::Event => chrono::Duration::minutes(1),
             Self::Mailchimp => {
                 let call = chrono::Duration::from_std(config.mailchimp.timeout.approx_std())
                     .unwrap_or(chrono::Duration::seconds(30));

@@ -181,9 +181,29 @@ pub async fn confirm(
         now,
     )
     .await?;
+    // The one event that carries the address: its receiver learns who
+    // consented, and the hash by which later events name them.
+    let events = crate::events::queue(
+        &*tx,
+        &state.config,
+        crate::events::EventType::SubscriptionConfirmed,
+        serde_json::json!({
+            "email": person.email,
+            "email_hash": person.email_hash,
+            "name": person.name,
+            "list": list.slug,
+            "confirmed_at": now,
+        }),
+        Some(&person.email_hash),
+        now,
+    )
+    .await?;
     tx.commit().await?;
     if queued {
         state.sync_notify.notify_one();
+    }
+    if events > 0 {
+        state.events_notify.notify_one();
     }
     tracing::info!(subject = log_id(&person.email_hash), list = %list.slug, "subscription confirmed");
     Ok(ConfirmOutcome::Confirmed)

@@ -542,10 +542,24 @@ pub async fn erase(
         .config
         .suppression_retention(Reason::Erased.as_str())
         .after(now);
+    let events = crate::events::queue(
+        conn,
+        &state.config,
+        crate::events::EventType::SubscriberErased,
+        serde_json::json!({"email_hash": hash, "erased_at": now}),
+        None,
+        now,
+    )
+    .await?;
     audit(conn, actor, AuditAction::Erase, &hash, now).await?;
     tx.commit().await?;
     if receipt.mailchimp_jobs > 0 {
         state.sync_notify.notify_one();
+    }
+    if events > 0
+        || crate::events::wanted(&state.config, crate::events::EventType::SuppressionAdded)
+    {
+        state.events_notify.notify_one();
     }
     tracing::info!(
         subscriber = receipt.subscriber,

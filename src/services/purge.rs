@@ -250,10 +250,11 @@ pub async fn purge(
     Ok(report)
 }
 
-/// Expired suppression entries that keep a Mailchimp member hash: each goes
-/// in the same transaction as the archive (or permanent delete) job it
-/// queues, one per mapped list of its scope, so a crash loses neither. The
-/// job holds only the member hash.
+/// Expired suppression entries that keep a Mailchimp member hash, or all of
+/// them when an endpoint takes `suppression.expired`: each goes in the same
+/// transaction as the archive (or permanent delete) job it queues, one per
+/// mapped list of its scope, and its event, so a crash loses neither. The
+/// job holds only the member hash, the event only the address hash.
 async fn expire_mailchimp_members(
     state: &AppState,
     dry_run: bool,
@@ -264,6 +265,7 @@ async fn expire_mailchimp_members(
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
     use crate::{
+        events::EventType,
         mailchimp::{MailchimpJob, jobs as mailchimp_jobs},
         services::suppression::ALL_LISTS,
     };
@@ -278,14 +280,20 @@ async fn expire_mailchimp_members(
             .filter_map(|l| l.mailchimp_list_id.clone())
             .collect()
     };
+    let events_wanted = crate::events::wanted(&state.config, EventType::SuppressionExpired);
     let due = || {
-        suppression::Entity::find()
-            .filter(suppression::Column::ExpiresAt.lte(now))
-            .filter(suppression::Column::MailchimpHash.is_not_null())
+        let due = suppression::Entity::find().filter(suppression::Column::ExpiresAt.lte(now));
+        if events_wanted {
+            due
+        } else {
+            due.filter(suppression::Column::MailchimpHash.is_not_null())
+        }
     };
     if dry_run {
         for e in due().all(&state.db).await? {
-            let hash = e.mailchimp_hash.as_deref().unwrap_or_default();
+            let Some(hash) = e.mailchimp_hash.as_deref() else {
+                continue;
+            };
             let jobs = audiences(&e.scope)
                 .iter()
                 .filter_map(|id| MailchimpJob::on_expiry(&state.config, id, hash))
@@ -303,8 +311,28 @@ async fn expire_mailchimp_members(
             .all(&*tx)
             .await?;
         let mut queued = 0;
+        let mut events = 0;
         for e in &batch {
-            let hash = e.mailchimp_hash.as_deref().unwrap_or_default();
+            if events_wanted {
+                let data = serde_json::json!({
+                    "email_hash": e.email_hash,
+                    "scope": e.scope,
+                    "reason": e.reason,
+                    "expired_at": e.expires_at,
+                });
+                events += crate::events::queue(
+                    &*tx,
+                    &state.config,
+                    EventType::SuppressionExpired,
+                    data,
+                    None,
+                    now,
+                )
+                .await?;
+            }
+            let Some(hash) = e.mailchimp_hash.as_deref() else {
+                continue;
+            };
             for list_id in audiences(&e.scope) {
                 if let Some(job) = MailchimpJob::on_expiry(&state.config, &list_id, hash) {
                     mailchimp_jobs::enqueue(&*tx, &job, None, now).await?;
@@ -323,6 +351,9 @@ async fn expire_mailchimp_members(
         if queued > 0 {
             state.sync_notify.notify_one();
             progress("mailchimp_jobs", queued);
+        }
+        if events > 0 {
+            state.events_notify.notify_one();
         }
         if deleted > 0 {
             progress("suppressions", deleted);

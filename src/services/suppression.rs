@@ -142,7 +142,7 @@ pub async fn add<C: ConnectionTrait>(
         mailchimp_hash,
         now,
     );
-    add_many(conn, vec![row]).await
+    add_many(conn, config, vec![row]).await
 }
 
 /// An administrator's entry (`POST /v1/suppressions`, `listguard suppress
@@ -224,13 +224,29 @@ pub fn entry(
 }
 
 /// Writes (or renews, where one for the same address and scope exists) the
-/// entries, in one statement.
+/// entries, in one statement, and queues a `suppression.added` event for
+/// each (by its hash only) where an endpoint takes them.
 pub async fn add_many<C: ConnectionTrait>(
     conn: &C,
+    config: &Config,
     rows: Vec<suppression::ActiveModel>,
 ) -> Result<(), DbErr> {
+    use crate::events::{self, EventType};
     if rows.is_empty() {
         return Ok(());
+    }
+    if events::wanted(config, EventType::SuppressionAdded) {
+        for row in &rows {
+            let data = serde_json::json!({
+                "email_hash": row.email_hash.clone().unwrap(),
+                "scope": row.scope.clone().unwrap(),
+                "reason": row.reason.clone().unwrap(),
+                "source": row.source.clone().unwrap(),
+                "expires_at": row.expires_at.clone().unwrap(),
+            });
+            let now = row.created_at.clone().unwrap();
+            events::queue(conn, config, EventType::SuppressionAdded, data, None, now).await?;
+        }
     }
     suppression::Entity::insert_many(rows)
         .on_conflict(

@@ -90,8 +90,11 @@ pub async fn unsubscribe_batch(
                 _ => None,
             })
             .collect();
+        // The one-statement PostgreSQL path queues no outbound events: with
+        // an endpoint that takes them, the general path below does.
         if let Some(many) = &one_list_each
             && state.db.get_database_backend() == DbBackend::Postgres
+            && !events_wanted(&state.config)
         {
             return unsubscribe_many_postgres(state, many, now).await;
         }
@@ -142,7 +145,48 @@ pub async fn unsubscribe_batch(
     {
         state.sync_notify.notify_one();
     }
+    if events_wanted(&state.config) {
+        state.events_notify.notify_one();
+    }
     outcomes
+}
+
+/// Whether an unsubscribe may queue outbound events.
+fn events_wanted(config: &crate::config::Config) -> bool {
+    use crate::events::{EventType, wanted};
+    wanted(config, EventType::SubscriptionUnsubscribed)
+        || wanted(config, EventType::SuppressionAdded)
+}
+
+/// A `subscription.unsubscribed` event for each list left, naming the
+/// person by the address hash only.
+async fn tell_endpoints<C: ConnectionTrait>(
+    state: &AppState,
+    conn: &C,
+    email_hash: &str,
+    left: &[String],
+    source: Source,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    use crate::events::{EventType, queue};
+    for list in left {
+        let data = serde_json::json!({
+            "email_hash": email_hash,
+            "list": list,
+            "source": source.as_str(),
+            "unsubscribed_at": now,
+        });
+        queue(
+            conn,
+            &state.config,
+            EventType::SubscriptionUnsubscribed,
+            data,
+            None,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The same inside the caller's transaction.
@@ -221,6 +265,7 @@ pub async fn unsubscribe_in<C: ConnectionTrait>(
         .map(|a| a.mailchimp_hash());
     let queued_sync =
         tell_mailchimp(state, conn, member_hash.as_deref(), &left, source, now).await?;
+    tell_endpoints(state, conn, email_hash, &left, source, now).await?;
     for s in scopes {
         let mailchimp_hash = member_hash
             .clone()
@@ -472,6 +517,7 @@ async fn unsubscribe_many_in<C: ConnectionTrait>(
             .map(|a| a.mailchimp_hash());
         let queued_sync =
             tell_mailchimp(state, conn, member_hash.as_deref(), &left, job.source, now).await?;
+        tell_endpoints(state, conn, &job.email_hash, &left, job.source, now).await?;
         if !active.contains(&(job.email_hash.clone(), list.to_string())) {
             let mailchimp_hash = member_hash.filter(|_| state.config.mailchimp_mapped(list));
             rows.push(suppression::entry(
@@ -486,7 +532,7 @@ async fn unsubscribe_many_in<C: ConnectionTrait>(
         }
         outcomes.push(UnsubscribeOutcome { left, queued_sync });
     }
-    suppression::add_many(conn, rows).await?;
+    suppression::add_many(conn, &state.config, rows).await?;
     Ok(outcomes)
 }
 

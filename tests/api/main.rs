@@ -2,6 +2,7 @@
 //! listener on loopback, SQLite by default and PostgreSQL when
 //! `LISTGUARD_TEST_DATABASE_URL` is set.
 mod confirm;
+mod events;
 mod fake_mailchimp;
 mod helpers;
 mod hostile;
