@@ -129,6 +129,35 @@ pub async fn queue<C: ConnectionTrait>(
     Ok(endpoints.len())
 }
 
+/// `subscription.confirmed`, the one event that carries the address: its
+/// receiver learns who consented, and the hash by which later events name
+/// them. Queued by the double opt-in confirmation and by a subscribe made at
+/// Mailchimp.
+pub async fn subscription_confirmed<C: ConnectionTrait>(
+    conn: &C,
+    config: &Config,
+    person: &entity::subscriber::Model,
+    list: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, DbErr> {
+    let data = serde_json::json!({
+        "email": person.email,
+        "email_hash": person.email_hash,
+        "name": person.name,
+        "list": list,
+        "confirmed_at": now,
+    });
+    queue(
+        conn,
+        config,
+        EventType::SubscriptionConfirmed,
+        data,
+        Some(&person.email_hash),
+        now,
+    )
+    .await
+}
+
 /// The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of
 /// id.timestamp.body>` per key, space-separated.
 pub fn signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &str) -> String {

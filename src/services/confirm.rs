@@ -181,23 +181,9 @@ pub async fn confirm(
         now,
     )
     .await?;
-    // The one event that carries the address: its receiver learns who
-    // consented, and the hash by which later events name them.
-    let events = crate::events::queue(
-        &*tx,
-        &state.config,
-        crate::events::EventType::SubscriptionConfirmed,
-        serde_json::json!({
-            "email": person.email,
-            "email_hash": person.email_hash,
-            "name": person.name,
-            "list": list.slug,
-            "confirmed_at": now,
-        }),
-        Some(&person.email_hash),
-        now,
-    )
-    .await?;
+    let events =
+        crate::events::subscription_confirmed(&*tx, &state.config, &person, &list.slug, now)
+            .await?;
     tx.commit().await?;
     if queued {
         state.sync_notify.notify_one();

@@ -360,6 +360,8 @@ async fn subscribe_from_mailchimp<C: ConnectionTrait>(
             now,
         )
         .await?;
+        crate::events::subscription_confirmed(conn, &state.config, &person, &list.slug, now)
+            .await?;
     }
     suppression::lift_on_confirm(conn, &hash, &list.slug).await?;
     tracing::info!(

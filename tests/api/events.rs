@@ -318,3 +318,38 @@ async fn an_undelivered_confirmation_event_is_withdrawn_when_the_person_leaves()
     assert_eq!(deliver_all(&app).await, 0);
     assert!(receiver.got().is_empty());
 }
+
+#[tokio::test]
+async fn a_subscribe_made_at_mailchimp_is_a_confirmation_too() {
+    use crate::webhooks::{LIST_ID, form, mailchimp, mapped_app_with};
+    let receiver = Receiver::start().await;
+    let url = receiver.url("/hook");
+    let app = mapped_app_with(|c| {
+        c.webhooks = vec![endpoint(
+            url.clone(),
+            &[SECRET],
+            &["subscription.confirmed"],
+        )];
+    })
+    .await;
+    let email = "signed.up.there@example.org";
+    let body = form(&[
+        ("type", "subscribe"),
+        ("fired_at", "2026-01-31 10:00:00"),
+        ("data[list_id]", LIST_ID),
+        ("data[email]", email),
+        ("data[merges][FNAME]", "Ada"),
+    ]);
+    let (status, _) = mailchimp(&app, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(deliver_all(&app).await, 1);
+    let got = receiver.got();
+    let event = got[0].json();
+    assert_eq!(event["type"], "subscription.confirmed");
+    assert_eq!(event["data"]["email"], email);
+    assert_eq!(event["data"]["name"], "Ada");
+    // The same event again changes nothing and sends nothing.
+    let (status, _) = mailchimp(&app, &body.replace("10%3A00%3A00", "10%3A00%3A01")).await;
+    assert_eq!(status, 200);
+    assert_eq!(deliver_all(&app).await, 0);
+}

@@ -1,7 +1,10 @@
 //! Inbound webhooks: Mailchimp audience events at the signed URL, Mandrill
 //! events signed with `X-Mandrill-Signature`, and registering the audience
 //! webhook at (a fake) Mailchimp.
-use listguard::mailchimp::webhook::{audience_signature, mandrill_signature};
+use listguard::{
+    config::Config,
+    mailchimp::webhook::{audience_signature, mandrill_signature},
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -11,7 +14,7 @@ use crate::{
 };
 
 const HOOK_KEY: &str = "audience-hook-key";
-const LIST_ID: &str = "a6b5da1054";
+pub(crate) const LIST_ID: &str = "a6b5da1054";
 const MANDRILL_KEY: &str = "mandrill-webhook-key";
 const MANDRILL_URL: &str = "https://hooks.example.org/v1/webhooks/mandrill";
 
@@ -22,6 +25,11 @@ const SAMPLE_EMAIL: &str = "api+unsub@mailchimp.com";
 /// An app whose `newsletter` list is mapped to [`LIST_ID`], with an audience
 /// webhook key and a Mandrill webhook.
 async fn mapped_app() -> TestApp {
+    mapped_app_with(|_| {}).await
+}
+
+/// [`mapped_app`] with more configuration.
+pub(crate) async fn mapped_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     spawn_app_with(|c| {
         c.mailchimp.webhook_key = Some(HOOK_KEY.into());
         c.mailchimp.api_key = Some(FAKE_API_KEY.into());
@@ -29,6 +37,7 @@ async fn mapped_app() -> TestApp {
         c.lists[0].mailchimp_list_id = Some(LIST_ID.into());
         c.mandrill.webhook_key = Some(MANDRILL_KEY.into());
         c.mandrill.webhook_url = Some(MANDRILL_URL.into());
+        adjust(c);
     })
     .await
 }
@@ -55,11 +64,11 @@ async fn post_form(app: &TestApp, path: &str, body: &str) -> (StatusCode, Value)
 }
 
 /// Posts a Mailchimp event to the newsletter's signed URL.
-async fn mailchimp(app: &TestApp, body: &str) -> (StatusCode, Value) {
+pub(crate) async fn mailchimp(app: &TestApp, body: &str) -> (StatusCode, Value) {
     post_form(app, &signed_path("newsletter"), body).await
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).unwrap()
 }
 
