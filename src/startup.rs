@@ -73,14 +73,15 @@ pub async fn spec_json() -> anyhow::Result<String> {
     config.database.url = "sqlite::memory:".into();
     config.database.max_connections = 1;
     let state = build_state(config, &BuildOptions::default()).await?;
-    Ok(api::service(state).spec())
+    Ok(api::merge_repeated_keys(&api::service(state).spec()))
 }
 
 /// The whole HTTP app.
 pub fn routes(state: AppState) -> BoxEndpoint<'static> {
     let service = api::service(state.clone());
     let state_for_data = state.clone();
-    let allow = Arc::new(AllowTable::from_spec(&service.spec()));
+    let spec = api::merge_repeated_keys(&service.spec());
+    let allow = Arc::new(AllowTable::from_spec(&spec));
     let plumbing = Arc::new(Plumbing {
         max_body: state.config.server.max_body_bytes,
         max_bulk_body: state.config.server.max_bulk_body_bytes,
@@ -89,7 +90,14 @@ pub fn routes(state: AppState) -> BoxEndpoint<'static> {
     });
     Route::new()
         // GET (and HEAD) only: any other method is a 405 with `Allow`.
-        .at("/openapi.json", poem::get(service.spec_endpoint()))
+        .at(
+            "/openapi.json",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json; charset=utf-8")
+                    .body(spec.clone())
+            })),
+        )
         .nest("/docs", poem::get(service.swagger_ui()))
         .nest("/", service)
         .data(state_for_data)

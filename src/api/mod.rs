@@ -2,6 +2,7 @@
 mod extract;
 mod ops;
 mod privacy;
+mod spec;
 mod subscribers;
 mod subscriptions;
 mod suppressions;
@@ -10,6 +11,7 @@ mod unsubscribe;
 mod webhooks;
 
 pub use extract::{FormFields, client_context, wants_html, wants_json};
+pub use spec::merge_repeated_keys;
 pub use webhooks::MAX_WEBHOOK_BODY;
 
 use poem_openapi::{OpenApiService, Tags};

@@ -32,8 +32,10 @@ pub struct SubscriptionView {
     pub list: String,
     /// `pending` or `confirmed`.
     pub status: String,
+    #[oai(nullable)]
     pub source: Option<String>,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub confirmed_at: Option<DateTime<Utc>>,
 }
 
@@ -41,6 +43,7 @@ pub struct SubscriptionView {
 #[derive(Debug, Object)]
 pub struct SubscriberView {
     pub email: String,
+    #[oai(nullable)]
     pub name: Option<String>,
     pub locale: String,
     /// Processing restricted (art. 18): kept, never mailed.
@@ -52,7 +55,8 @@ pub struct SubscriberView {
 #[derive(Debug, Object)]
 pub struct SubscriberPage {
     pub items: Vec<SubscriberView>,
-    /// Pass as `cursor` for the next page; absent on the last.
+    /// Pass as `cursor` for the next page; `null` on the last.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -67,6 +71,7 @@ pub struct Unsubscribed {
 pub struct ListView {
     pub slug: String,
     pub name: String,
+    #[oai(nullable)]
     pub mailchimp_list_id: Option<String>,
     pub consent_version: String,
     pub confirmed: u64,

@@ -26,7 +26,8 @@ pub struct SuppressionsApi {
 /// Addresses to check before a mailing.
 #[derive(Debug, Object, Deserialize)]
 pub struct CheckRequest {
-    /// The list the mailing goes to; without it, any list counts.
+    /// The list the mailing goes to; without it (or `null`), any list counts.
+    #[oai(nullable)]
     pub list: Option<String>,
     /// Up to 10,000 addresses.
     pub emails: Vec<String>,
@@ -40,9 +41,11 @@ pub struct CheckResult {
     /// An active suppression entry counts for the list.
     pub suppressed: bool,
     /// The entry's reason.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// When the entry stops counting.
     #[serde(serialize_with = "rfc3339::option")]
+    #[oai(nullable)]
     pub expires_at: Option<DateTime<Utc>>,
     /// A confirmed subscription to the list exists.
     pub subscribed: bool,
@@ -93,7 +96,8 @@ impl From<suppression::Model> for SuppressionEntry {
 #[derive(Debug, Object)]
 pub struct SuppressionPage {
     pub items: Vec<SuppressionEntry>,
-    /// Pass as `cursor` for the next page; absent on the last.
+    /// Pass as `cursor` for the next page; `null` on the last.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -37,10 +37,13 @@ pub struct DeadLetter {
     /// `mail` or `mailchimp`.
     pub kind: String,
     /// For Mailchimp jobs: `upsert`, `unsubscribe`, `archive` or `delete_permanent`.
+    #[oai(nullable)]
     pub op: Option<String>,
     /// For Mailchimp jobs: the audience.
+    #[oai(nullable)]
     pub list_id: Option<String>,
     pub attempts: i32,
+    #[oai(nullable)]
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
@@ -52,6 +55,7 @@ pub struct ListSync {
     /// Mailchimp jobs waiting for this audience.
     pub pending: u64,
     /// The last reconciliation's report, if any.
+    #[oai(nullable)]
     pub last_reconcile: Option<serde_json::Value>,
 }
 

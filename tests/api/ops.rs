@@ -175,3 +175,32 @@ async fn ops_endpoints_answer_a_wrong_method_with_405_and_allow() {
     let head = app.http.head(app.url("/metrics")).send().await.unwrap();
     assert_eq!(head.status(), 200);
 }
+
+#[tokio::test]
+async fn the_served_document_lists_every_answer_an_operation_gives() {
+    let app = spawn_app().await;
+    let spec: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A page answers 404 as HTML (or JSON), a malformed request as a
+    // problem: one entry with every media type, not two `"404"` keys of
+    // which a parser keeps one.
+    let not_found =
+        &spec["paths"]["/v1/subscriptions/confirm"]["get"]["responses"]["404"]["content"];
+    for media in ["text/html; charset=utf-8", "application/problem+json"] {
+        assert!(not_found.get(media).is_some(), "{media}: {not_found}");
+    }
+    // A field answered as `null` is documented as nullable.
+    let lists = app.admin_json(reqwest::Method::GET, "/v1/lists").await;
+    assert!(lists["lists"][0]["mailchimp_list_id"].is_null());
+    assert_eq!(
+        spec["components"]["schemas"]["ListView"]["properties"]["mailchimp_list_id"]["nullable"],
+        true
+    );
+}
