@@ -260,9 +260,9 @@ async fn deliver(state: &AppState, event: &EventJob) -> Result<Delivered, JobFai
         .body(event.body.clone())
         .send()
         .await
-        // The URL is the operator's, not a person's; the error text may
-        // still hold it, which is fine for a log line.
-        .map_err(|e| JobFailure::Retry(format!("request failed: {e}")))?;
+        // Without the URL: a receiver may carry a token in it, and the error
+        // goes to the log and the dead-letter list.
+        .map_err(|e| JobFailure::Retry(format!("request failed: {}", e.without_url())))?;
     let status = resp.status();
     if status.is_success() {
         Ok(Delivered::Sent)

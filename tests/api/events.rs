@@ -353,3 +353,32 @@ async fn a_subscribe_made_at_mailchimp_is_a_confirmation_too() {
     assert_eq!(status, 200);
     assert_eq!(deliver_all(&app).await, 0);
 }
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_retried_and_its_url_stays_out_of_the_error() {
+    let app = spawn_app_with(|c| {
+        // Nothing listens on the discard port; the token stands for one a
+        // receiver may put in its URL.
+        c.webhooks = vec![endpoint(
+            "http://127.0.0.1:9/hook?token=sekrit-in-url".into(),
+            &[SECRET],
+            &[],
+        )];
+    })
+    .await;
+    app.subscribe_and_confirm("unreachable@example.org").await;
+    assert_eq!(deliver_all(&app).await, 1);
+    let rows = app
+        .query(
+            "SELECT status, attempts, last_error FROM outbox WHERE kind = 'event'",
+            vec![],
+        )
+        .await;
+    assert_eq!(rows.len(), 1);
+    let status: String = rows[0].try_get("", "status").unwrap();
+    let attempts: i32 = rows[0].try_get("", "attempts").unwrap();
+    let error: String = rows[0].try_get("", "last_error").unwrap();
+    assert_eq!((status.as_str(), attempts), ("pending", 1), "{error}");
+    assert!(error.starts_with("request failed"), "{error}");
+    assert!(!error.contains("sekrit"), "{error}");
+}
