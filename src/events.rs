@@ -274,6 +274,16 @@ async fn deliver(state: &AppState, event: &EventJob) -> Result<Delivered, JobFai
 /// The most deliveries one step of the loop claims.
 const CLAIM_LIMIT: u32 = 64;
 
+/// How long claimed deliveries stay this worker's: a whole claim at its
+/// slowest (every delivery timing out, [`PARALLEL_SENDS`] at a time) and a
+/// margin, so that another replica does not take over jobs still being
+/// delivered.
+pub fn lease() -> chrono::Duration {
+    let rounds = CLAIM_LIMIT.div_ceil(PARALLEL_SENDS as u32);
+    chrono::Duration::from_std(TIMEOUT * rounds).unwrap_or(chrono::Duration::minutes(2))
+        + chrono::Duration::seconds(30)
+}
+
 /// Runs until `shutdown` fires: works while there is a full claim's worth,
 /// then waits for a wake-up (a commit that queued an event) or a poll
 /// interval.

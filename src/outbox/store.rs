@@ -42,8 +42,7 @@ impl JobKind {
     pub fn lease(self, config: &crate::config::Config) -> chrono::Duration {
         match self {
             Self::Mail => MAIL_LEASE,
-            // A delivery times out after 10 s.
-            Self::Event => chrono::Duration::minutes(1),
+            Self::Event => crate::events::lease(),
             Self::Mailchimp => {
                 let call = chrono::Duration::from_std(config.mailchimp.timeout.approx_std())
                     .unwrap_or(chrono::Duration::seconds(30));
