@@ -219,6 +219,14 @@ impl State {
             .insert((list.slug.clone(), list.consent_version.clone()));
     }
 
+    /// Wakes the event worker after a commit that may have queued outbound
+    /// events (no-op without endpoints); without it, they wait for its poll.
+    pub fn events_may_be_queued(&self) {
+        if !self.config.webhooks.is_empty() {
+            self.events_notify.notify_one();
+        }
+    }
+
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.clock.now()
     }

@@ -159,6 +159,7 @@ pub async fn reconcile(
                     )
                     .await?;
                     tx.commit().await?;
+                    state.events_may_be_queued();
                 }
             }
             _ if person.restricted => {}

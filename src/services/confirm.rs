@@ -244,6 +244,7 @@ pub async fn block(state: &AppState, raw: &str) -> anyhow::Result<BlockOutcome> 
     )
     .await?;
     tx.commit().await?;
+    state.events_may_be_queued();
     tracing::info!(
         subject = log_id(&person.email_hash),
         "signup blocked by its recipient"

@@ -542,7 +542,7 @@ pub async fn erase(
         .config
         .suppression_retention(Reason::Erased.as_str())
         .after(now);
-    let events = crate::events::queue(
+    crate::events::queue(
         conn,
         &state.config,
         crate::events::EventType::SubscriberErased,
@@ -556,11 +556,7 @@ pub async fn erase(
     if receipt.mailchimp_jobs > 0 {
         state.sync_notify.notify_one();
     }
-    if events > 0
-        || crate::events::wanted(&state.config, crate::events::EventType::SuppressionAdded)
-    {
-        state.events_notify.notify_one();
-    }
+    state.events_may_be_queued();
     tracing::info!(
         subscriber = receipt.subscriber,
         subscriptions = receipt.subscriptions,

@@ -197,6 +197,7 @@ pub async fn add_by_admin(
     if queued {
         state.sync_notify.notify_one();
     }
+    state.events_may_be_queued();
     Ok(row)
 }
 

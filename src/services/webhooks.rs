@@ -187,6 +187,7 @@ async fn try_apply_audience(
         AudienceEvent::Ignored { .. } => return Ok(Outcome::Ignored),
     }
     tx.commit().await?;
+    state.events_may_be_queued();
     Ok(Outcome::Applied)
 }
 
@@ -520,6 +521,7 @@ pub async fn apply_mandrill(
     if queued_sync {
         state.sync_notify.notify_one();
     }
+    state.events_may_be_queued();
     tracing::info!(outcome = "applied", "Mandrill webhook handled");
     Ok(Outcome::Applied)
 }
