@@ -641,6 +641,10 @@ impl Config {
         }
         for (i, w) in self.webhooks.iter().enumerate() {
             url_like(&w.url).map_err(|e| anyhow::anyhow!("webhooks[{i}].url: {e}"))?;
+            // A queued event names its endpoint by URL.
+            if self.webhooks[..i].iter().any(|o| o.url == w.url) {
+                anyhow::bail!("webhooks[{i}].url appears twice: one endpoint per URL");
+            }
             if self.server.production && !w.url.starts_with("https://") {
                 anyhow::bail!("production mode needs https webhook URLs (webhooks[{i}].url)");
             }
