@@ -925,6 +925,10 @@ mod tests {
                 "at least one secret",
             ),
             (
+                r#"[{"url":"https://x","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},{"url":"https://x","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]"#,
+                "webhooks[1].url appears twice",
+            ),
+            (
                 r#"[{"url":"https://x","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["subscription.created"]}]"#,
                 "\"subscription.created\" is not an event type",
             ),
