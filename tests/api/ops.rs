@@ -204,3 +204,36 @@ async fn the_served_document_lists_every_answer_an_operation_gives() {
         true
     );
 }
+
+/// Migration 000009 builds its indexes concurrently, outside a transaction;
+/// a build that failed halfway leaves an invalid index, which running the
+/// migration again replaces. (PostgreSQL only: SQLite has no such indexes.)
+#[tokio::test]
+async fn an_invalid_probe_index_left_by_a_failed_build_is_rebuilt() {
+    use migration::MigratorTrait;
+    let app = spawn_app().await;
+    let valid = |rows: Vec<sea_orm::QueryResult>| -> Option<bool> {
+        rows.first().map(|r| r.try_get("", "v").unwrap())
+    };
+    let probe = "SELECT indisvalid AS v FROM pg_index \
+                 WHERE indexrelid = to_regclass('ix_subscribers_hash_probe')";
+    if app.state.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return;
+    }
+    assert_eq!(valid(app.query(probe, vec![]).await), Some(true));
+    // What an interrupted CREATE INDEX CONCURRENTLY leaves behind.
+    app.query(
+        "UPDATE pg_index SET indisvalid = false \
+         WHERE indexrelid = to_regclass('ix_subscribers_hash_probe') RETURNING 1 AS x",
+        vec![],
+    )
+    .await;
+    assert_eq!(valid(app.query(probe, vec![]).await), Some(false));
+    app.query(
+        "DELETE FROM seaql_migrations WHERE version LIKE '%000009%' RETURNING 1 AS x",
+        vec![],
+    )
+    .await;
+    migration::Migrator::up(&app.state.db, None).await.unwrap();
+    assert_eq!(valid(app.query(probe, vec![]).await), Some(true));
+}
