@@ -28,8 +28,8 @@ use crate::{
     config::{Config, webhook_key},
     crypto::{b64_std_encode, hmac_sha256},
     outbox::{
-        ClaimedJob, ExecutionOutcome, JobFailure, JobKind, claim, complete_many,
-        complete_with_note, enqueue, fail,
+        ExecutionOutcome, JobFailure, JobKind, claim_and_do, complete_many, complete_with_note,
+        enqueue, fail,
     },
     shutdown::Shutdown,
     state::AppState,
@@ -170,10 +170,7 @@ pub fn signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &str) -> Stri
 
 /// Claims one due delivery and sends it.
 pub async fn try_execute_task(state: &AppState) -> anyhow::Result<ExecutionOutcome> {
-    Ok(match execute_batch(state, 1).await? {
-        0 => ExecutionOutcome::EmptyQueue,
-        _ => ExecutionOutcome::TaskCompleted,
-    })
+    Ok(ExecutionOutcome::of(execute_batch(state, 1).await?))
 }
 
 /// How many deliveries one worker has in flight at once.
@@ -182,24 +179,15 @@ const PARALLEL_SENDS: usize = 8;
 /// Claims up to `limit` due deliveries, sends them and records the outcomes;
 /// answers how many it took.
 pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize> {
-    use futures_util::StreamExt;
-
-    let lease = JobKind::Event.lease(&state.config);
-    let jobs = claim(&state.db, JobKind::Event, lease, limit, state.now()).await?;
-    let n = jobs.len();
-    let results: Vec<(ClaimedJob, Result<Delivered, JobFailure>)> =
-        futures_util::stream::iter(jobs)
-            .map(|job| async move {
-                let result = match job.payload.as_deref().map(serde_json::from_str::<EventJob>) {
-                    Some(Ok(event)) => deliver(state, &event).await,
-                    Some(Err(e)) => Err(JobFailure::Permanent(format!("unreadable payload: {e}"))),
-                    None => Err(JobFailure::Permanent("payload was cleared".into())),
-                };
-                (job, result)
-            })
-            .buffer_unordered(PARALLEL_SENDS)
-            .collect()
-            .await;
+    let results = claim_and_do(
+        state,
+        JobKind::Event,
+        limit,
+        PARALLEL_SENDS,
+        |event: EventJob| deliver(state, event),
+    )
+    .await?;
+    let n = results.len();
     let now = state.now();
     let mut done = Vec::new();
     for (job, result) in results {
@@ -235,7 +223,7 @@ enum Delivered {
     EndpointGone,
 }
 
-async fn deliver(state: &AppState, event: &EventJob) -> Result<Delivered, JobFailure> {
+async fn deliver(state: &AppState, event: EventJob) -> Result<Delivered, JobFailure> {
     let Some(endpoint) = state.config.webhooks.iter().find(|w| w.url == event.url) else {
         return Ok(Delivered::EndpointGone);
     };
@@ -257,7 +245,7 @@ async fn deliver(state: &AppState, event: &EventJob) -> Result<Delivered, JobFai
             "webhook-signature",
             signature(&keys, &event.id, timestamp, &event.body),
         )
-        .body(event.body.clone())
+        .body(event.body)
         .send()
         .await
         // Without the URL: a receiver may carry a token in it, and the error
@@ -287,22 +275,17 @@ pub fn lease() -> chrono::Duration {
 /// Runs until `shutdown` fires: works while there is a full claim's worth,
 /// then waits for a wake-up (a commit that queued an event) or a poll
 /// interval.
-pub async fn run(state: AppState, mut shutdown: Shutdown) {
-    loop {
-        if shutdown.is_triggered() {
-            return;
-        }
-        match execute_batch(&state, CLAIM_LIMIT).await {
-            Ok(n) if n == CLAIM_LIMIT as usize => continue,
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "event worker step failed"),
-        }
-        tokio::select! {
-            _ = state.events_notify.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = shutdown.wait() => return,
-        }
-    }
+pub async fn run(state: AppState, shutdown: Shutdown) {
+    crate::outbox::work_loop(
+        state,
+        shutdown,
+        "events",
+        CLAIM_LIMIT,
+        |s| &s.events_notify,
+        Duration::ZERO,
+        |state, limit| async move { execute_batch(&state, limit).await },
+    )
+    .await
 }
 
 #[cfg(test)]

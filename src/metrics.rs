@@ -149,19 +149,20 @@ impl Metrics {
             // Any token is a method to HTTP; a label takes only the known ones.
             _ => "other",
         };
+        let labels = RouteLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+        };
+        self.durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method: labels.method,
+                route: labels.route,
                 status,
             })
             .inc();
-        self.durations
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
     }
 
     /// The OpenMetrics text, with the database counts read afresh when they
@@ -247,15 +248,12 @@ impl Metrics {
                     .set(0);
             }
         }
-        for row in jobs {
-            let n: i64 = row.try_get("", "n")?;
-            self.outbox_jobs
-                .get_or_create(&JobLabels {
-                    kind: row.try_get("", "kind")?,
-                    status: row.try_get("", "status")?,
-                })
-                .set(n);
-        }
+        set_counts(&self.outbox_jobs, jobs, |row| {
+            Ok(JobLabels {
+                kind: row.try_get("", "kind")?,
+                status: row.try_get("", "status")?,
+            })
+        })?;
         for reason in crate::services::suppression::Reason::ALL {
             self.suppressions
                 .get_or_create(&ReasonLabels {
@@ -263,24 +261,33 @@ impl Metrics {
                 })
                 .set(0);
         }
-        for row in entries {
-            let n: i64 = row.try_get("", "n")?;
-            self.suppressions
-                .get_or_create(&ReasonLabels {
-                    reason: row.try_get("", "reason")?,
-                })
-                .set(n);
-        }
+        set_counts(&self.suppressions, entries, |row| {
+            Ok(ReasonLabels {
+                reason: row.try_get("", "reason")?,
+            })
+        })?;
         self.subscriptions.clear();
-        for row in subs {
-            let n: i64 = row.try_get("", "n")?;
-            self.subscriptions
-                .get_or_create(&SubscriptionLabels {
-                    list: row.try_get("", "list_slug")?,
-                    status: row.try_get("", "status")?,
-                })
-                .set(n);
-        }
-        Ok(())
+        set_counts(&self.subscriptions, subs, |row| {
+            Ok(SubscriptionLabels {
+                list: row.try_get("", "list_slug")?,
+                status: row.try_get("", "status")?,
+            })
+        })
     }
+}
+
+/// Sets each row's count (column `n`) on the gauge its labels name.
+fn set_counts<L>(
+    family: &Family<L, Gauge>,
+    rows: Vec<sea_orm::QueryResult>,
+    labels: impl Fn(&sea_orm::QueryResult) -> Result<L, DbErr>,
+) -> Result<(), DbErr>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    for row in rows {
+        let n: i64 = row.try_get("", "n")?;
+        family.get_or_create(&labels(&row)?).set(n);
+    }
+    Ok(())
 }

@@ -36,19 +36,24 @@ fn merge(first: Value, second: Value) -> Value {
     match (first, second) {
         (Value::Object(mut a), Value::Object(b)) => {
             for (k, v) in b {
-                match a.get_mut(&k) {
-                    Some(slot) => {
-                        let old = std::mem::replace(slot, Value::Null);
-                        *slot = merge(old, v);
-                    }
-                    None => {
-                        a.insert(k, v);
-                    }
-                }
+                insert_merging(&mut a, k, v);
             }
             Value::Object(a)
         }
         (first, _) => first,
+    }
+}
+
+/// Inserts `k`, merged into its earlier value when `map` has one.
+fn insert_merging(map: &mut IndexMap<String, Value>, k: String, v: Value) {
+    match map.get_mut(&k) {
+        Some(slot) => {
+            let old = std::mem::replace(slot, Value::Null);
+            *slot = merge(old, v);
+        }
+        None => {
+            map.insert(k, v);
+        }
     }
 }
 
@@ -94,11 +99,11 @@ impl<'de> Deserialize<'de> for Value {
                 Ok(Value::Array(items))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-                let mut object = Value::Object(IndexMap::new());
+                let mut object = IndexMap::new();
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
-                    object = merge(object, Value::Object(IndexMap::from([(k, v)])));
+                    insert_merging(&mut object, k, v);
                 }
-                Ok(object)
+                Ok(Value::Object(object))
             }
         }
         d.deserialize_any(V)

@@ -42,10 +42,7 @@ enum Outcome {
 
 /// Claims one step's worth of due jobs and does them.
 pub async fn try_execute_task(state: &AppState) -> anyhow::Result<ExecutionOutcome> {
-    Ok(match execute_batch(state, CLAIM).await? {
-        0 => ExecutionOutcome::EmptyQueue,
-        _ => ExecutionOutcome::TaskCompleted,
-    })
+    Ok(ExecutionOutcome::of(execute_batch(state, CLAIM).await?))
 }
 
 /// Claims up to `limit` due Mailchimp jobs, carries them out and records the

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 
-use super::{ClaimedJob, ExecutionOutcome, JobFailure, JobKind, claim, complete_many, fail};
+use super::{ExecutionOutcome, JobFailure, JobKind, claim_and_do, complete_many, fail};
 use crate::{
     i18n::Locale,
     mail::{ConfirmationMail, MailError, render_confirmation},
@@ -39,10 +39,7 @@ pub enum MailJob {
 /// Claims one due mail job and sends it.
 #[tracing::instrument(skip_all)]
 pub async fn try_execute_task(state: &AppState) -> anyhow::Result<ExecutionOutcome> {
-    Ok(match execute_batch(state, 1).await? {
-        0 => ExecutionOutcome::EmptyQueue,
-        _ => ExecutionOutcome::TaskCompleted,
-    })
+    Ok(ExecutionOutcome::of(execute_batch(state, 1).await?))
 }
 
 /// How many mails one worker sends at once.
@@ -51,23 +48,15 @@ const PARALLEL_SENDS: usize = 8;
 /// Claims up to `limit` due mail jobs, sends them (a few at a time) and
 /// records the outcomes; returns how many jobs it took.
 pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize> {
-    use futures_util::StreamExt;
-
-    let lease = JobKind::Mail.lease(&state.config);
-    let jobs = claim(&state.db, JobKind::Mail, lease, limit, state.now()).await?;
-    let n = jobs.len();
-    let results: Vec<(ClaimedJob, Result<(), JobFailure>)> = futures_util::stream::iter(jobs)
-        .map(|job| async move {
-            let result = match job.payload.as_deref().map(serde_json::from_str::<MailJob>) {
-                Some(Ok(mail)) => send(state, mail).await,
-                Some(Err(e)) => Err(JobFailure::Permanent(format!("unreadable payload: {e}"))),
-                None => Err(JobFailure::Permanent("payload was cleared".into())),
-            };
-            (job, result)
-        })
-        .buffer_unordered(PARALLEL_SENDS)
-        .collect()
-        .await;
+    let results = claim_and_do(
+        state,
+        JobKind::Mail,
+        limit,
+        PARALLEL_SENDS,
+        |mail: MailJob| send(state, mail),
+    )
+    .await?;
+    let n = results.len();
     let now = state.now();
     let mut done = Vec::new();
     for (job, result) in results {
@@ -175,25 +164,15 @@ const GATHER: Duration = Duration::from_millis(20);
 /// Runs until `shutdown` fires: works while there is a full claim's worth,
 /// then waits for a wake-up (a commit that queued mail, after which it lets
 /// more gather for [`GATHER`]) or a poll interval.
-pub async fn run(state: AppState, mut shutdown: Shutdown) {
-    loop {
-        if shutdown.is_triggered() {
-            return;
-        }
-        match execute_batch(&state, CLAIM_LIMIT).await {
-            Ok(n) if n == CLAIM_LIMIT as usize => continue,
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "mail worker step failed"),
-        }
-        tokio::select! {
-            _ = state.outbox_notify.notified() => {
-                tokio::select! {
-                    _ = tokio::time::sleep(GATHER) => {}
-                    _ = shutdown.wait() => return,
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = shutdown.wait() => return,
-        }
-    }
+pub async fn run(state: AppState, shutdown: Shutdown) {
+    super::work_loop(
+        state,
+        shutdown,
+        "mail",
+        CLAIM_LIMIT,
+        |s| &s.outbox_notify,
+        GATHER,
+        |state, limit| async move { execute_batch(&state, limit).await },
+    )
+    .await
 }
