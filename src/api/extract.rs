@@ -298,6 +298,20 @@ impl<T: Type + Send> poem_openapi::payload::Payload for JsonBody<T> {
     }
 }
 
+/// The path of a required field that the body left out, from serde's
+/// "missing field `name`" (reported at the object that lacks it).
+fn missing_field(err: &serde_json::Error, path: &str) -> Option<String> {
+    if !err.is_data() {
+        return None;
+    }
+    let msg = err.to_string();
+    let name = msg.strip_prefix("missing field `")?.split('`').next()?;
+    Some(match path {
+        "" | "." => name.to_string(),
+        parent => format!("{parent}.{name}"),
+    })
+}
+
 impl<T: serde::de::DeserializeOwned + Send> poem_openapi::payload::ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = true;
 
@@ -309,19 +323,23 @@ impl<T: serde::de::DeserializeOwned + Send> poem_openapi::payload::ParsePayload 
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
-                let err =
-                    if inner.is_data() && path != "." && !path.is_empty() && !path.starts_with('[')
-                    {
-                        ApiError::validation(&path, "has the wrong type")
-                    } else if inner.is_eof() || inner.is_syntax() {
-                        ApiError::BadRequest(format!(
-                            "the body is not valid JSON (line {}, column {})",
-                            inner.line(),
-                            inner.column()
-                        ))
-                    } else {
-                        ApiError::BadRequest("the body is not the expected JSON object".into())
-                    };
+                let err = if let Some(field) = missing_field(&inner, &path) {
+                    ApiError::validation(&field, "is required")
+                } else if inner.is_data()
+                    && path != "."
+                    && !path.is_empty()
+                    && !path.starts_with('[')
+                {
+                    ApiError::validation(&path, "has the wrong type")
+                } else if inner.is_eof() || inner.is_syntax() {
+                    ApiError::BadRequest(format!(
+                        "the body is not valid JSON (line {}, column {})",
+                        inner.line(),
+                        inner.column()
+                    ))
+                } else {
+                    ApiError::BadRequest("the body is not the expected JSON object".into())
+                };
                 Err(err.into_poem())
             }
         }

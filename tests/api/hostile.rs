@@ -81,6 +81,55 @@ async fn malformed_requests_get_4xx_problem_documents() {
     assert_eq!(app.count("outbox").await, 0);
 }
 
+/// A JSON body that leaves out a required field gets 400 naming it, as
+/// one with a field of the wrong type does.
+#[tokio::test]
+async fn a_body_without_a_required_field_gets_400_naming_it() {
+    use reqwest::Method;
+    use serde_json::json;
+
+    let app = spawn_app().await;
+    for (method, path, body, missing) in [
+        (
+            Method::POST,
+            "/v1/unsubscribe-links",
+            json!({"emails": ["a@example.org"]}),
+            "list",
+        ),
+        (
+            Method::POST,
+            "/v1/unsubscribe-links",
+            json!({"list": "newsletter"}),
+            "emails",
+        ),
+        (
+            Method::POST,
+            "/v1/suppressions/check",
+            json!({"list": "newsletter"}),
+            "emails",
+        ),
+        (
+            Method::POST,
+            "/v1/suppressions",
+            json!({"reason": "manual"}),
+            "email",
+        ),
+    ] {
+        let send = if path == "/v1/suppressions" {
+            app.admin(method, path)
+        } else {
+            app.sender(method, path)
+        };
+        let p = assert_problem(send.json(&body).send().await.unwrap(), 400).await;
+        assert_eq!(p["invalid_params"][0]["name"], missing, "{path} {body}");
+        assert!(
+            p["detail"].as_str().unwrap_or_default().contains(missing),
+            "{path}: {p}"
+        );
+    }
+    assert_eq!(app.count("suppressions").await, 0);
+}
+
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_refused() {
     let app = spawn_app().await;
