@@ -115,6 +115,20 @@ impl PageResponse {
 impl IntoResponse for PageResponse {
     fn into_response(self) -> Response {
         match self.json {
+            // An unknown, used-up or expired link, asked for as JSON: a
+            // problem document like every other error.
+            Some(v) if self.status.is_client_error() => {
+                let detail = match v["status"].as_str() {
+                    Some("expired") => "the link has expired; a new mail can be asked for",
+                    _ => "the link is unknown or used up",
+                };
+                let problem = crate::error::problem(self.status, Some(detail.into()), None);
+                Response::builder()
+                    .status(self.status)
+                    .content_type("application/problem+json")
+                    .header("cache-control", "no-store")
+                    .body(poem_openapi::types::ToJSON::to_json_string(&problem))
+            }
             Some(v) => Response::builder()
                 .status(self.status)
                 .content_type("application/json; charset=utf-8")
@@ -132,15 +146,22 @@ impl IntoResponse for PageResponse {
 
 impl ApiResponse for PageResponse {
     fn meta() -> MetaResponses {
-        let content = || {
+        let content = |status: u16| {
             vec![
                 MetaMediaType {
                     content_type: "text/html; charset=utf-8",
                     schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new("string"))),
                 },
-                MetaMediaType {
-                    content_type: "application/json; charset=utf-8",
-                    schema: MetaSchemaRef::Reference("PageOutcome".into()),
+                if status < 400 {
+                    MetaMediaType {
+                        content_type: "application/json; charset=utf-8",
+                        schema: MetaSchemaRef::Reference("PageOutcome".into()),
+                    }
+                } else {
+                    MetaMediaType {
+                        content_type: "application/problem+json",
+                        schema: MetaSchemaRef::Reference("Problem".into()),
+                    }
                 },
             ]
         };
@@ -148,7 +169,7 @@ impl ApiResponse for PageResponse {
             description,
             status: Some(status),
             status_range: None,
-            content: content(),
+            content: content(status),
             headers: vec![],
         };
         MetaResponses {
@@ -166,13 +187,15 @@ impl ApiResponse for PageResponse {
 
     fn register(registry: &mut Registry) {
         <PageOutcome as poem_openapi::types::Type>::register(registry);
+        <crate::error::Problem as poem_openapi::types::Type>::register(registry);
     }
 }
 
-/// The JSON form of a page's outcome.
+/// The JSON form of a page's outcome. An unknown, used-up or expired link
+/// is answered as a problem document instead (404, 410).
 #[derive(Debug, poem_openapi::Object, Serialize)]
 pub struct PageOutcome {
-    /// `confirmed`, `already_confirmed`, `blocked`, `pending`, `expired`, `not_found`.
+    /// `confirmed`, `already_confirmed`, `blocked`, `unsubscribed`.
     pub status: String,
 }
 

@@ -96,6 +96,36 @@ async fn an_unknown_token_gets_a_404_page() {
     assert_eq!(missing.status(), 400);
 }
 
+/// Asked for JSON, an unknown link is an error like any other: 404 with a
+/// problem document, on each of the three link endpoints.
+#[tokio::test]
+async fn an_unknown_token_asked_for_as_json_gets_a_problem_document() {
+    let app = spawn_app().await;
+    for path in [
+        "/v1/subscriptions/confirm?token=doesnotexist",
+        "/v1/subscriptions/block?token=doesnotexist",
+        "/v1/unsubscribe/doesnotexist",
+    ] {
+        let resp = app
+            .http
+            .post(app.url(path))
+            .header("accept", "application/json")
+            .form(&[("List-Unsubscribe", "One-Click")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["status"], 404, "{path}");
+        assert_eq!(body["detail"], "the link is unknown or used up", "{path}");
+    }
+}
+
 #[tokio::test]
 async fn an_expired_token_gets_a_410_page_offering_a_new_mail() {
     let app = spawn_app().await;
@@ -115,6 +145,21 @@ async fn an_expired_token_gets_a_410_page_offering_a_new_mail() {
     );
     let post = app.http.post(&link).send().await.unwrap();
     assert_eq!(post.status(), 410);
+    let as_json = app
+        .http
+        .post(&link)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_json.status(), 410);
+    assert_eq!(
+        as_json.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = as_json.json().await.unwrap();
+    assert_eq!(problem["status"], 410);
+    assert!(problem["detail"].as_str().unwrap().contains("new mail"));
     assert_eq!(
         app.subscriptions_of("late@example.org").await,
         vec![("newsletter".into(), "pending".into())]
