@@ -146,7 +146,9 @@ impl PrivacyApi {
     /// Ask for a copy of, or the erasure of, what is held about an address.
     ///
     /// Answers 202 with the same body whatever is known about the address; a
-    /// link valid 24 hours goes only to an address with a subscriber record.
+    /// link valid 24 hours goes only to an address the service holds
+    /// something about (a subscriber record, a suppression entry or kept
+    /// consent events).
     #[oai(path = "/", method = "post")]
     async fn request(
         &self,
