@@ -5,12 +5,14 @@
 psql=(psql -X -q -h 127.0.0.1 -U postgres)
 sender_sha=$(printf '%s' "$sender_key" | sha256sum | cut -d' ' -f1)
 
-cat >"$work/subscribe.lua" <<'LUA'
-local counter = 0
+# Both wrk scripts number their threads (tid) the same way.
+wrk_threads='local counter = 0
 function setup(thread)
   thread:set("tid", counter)
   counter = counter + 1
-end
+end'
+
+{ echo "$wrk_threads"; cat <<'LUA'
 function init(args)
   n = 0
   math.randomseed(os.time() + tid)
@@ -21,16 +23,12 @@ request = function()
   return wrk.format("POST", "/v1/subscriptions", {["Content-Type"] = "application/json"}, body)
 end
 LUA
+} >"$work/subscribe.lua"
 
-cat >"$work/unsubscribe.lua" <<'LUA'
+{ echo "$wrk_threads"; cat <<'LUA'
 -- Each wrk thread takes every n-th path of paths.txt, so no two requests
 -- unsubscribe the same person; a run starts at the offset given (the paths
 -- before it were used by earlier runs).
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
 function init(args)
   paths = {}
   local i = 0
@@ -46,6 +44,7 @@ request = function()
   return wrk.format("POST", path, {["Content-Type"] = "application/x-www-form-urlencoded"}, "List-Unsubscribe=One-Click")
 end
 LUA
+} >"$work/unsubscribe.lua"
 
 # lg_start BIN DATABASE_URL PORT LOG: starts the service in the background
 # (its pid in $lg_pid) and waits until it answers.

@@ -17,7 +17,9 @@ use crate::{
     domain::{DisplayName, EmailAddress, ListSlug},
     error::{ApiError, ErrorResponse},
     i18n::Locale,
-    pages::{Form as PageForm, Hidden, Page, PageResponse, outcome_json},
+    pages::{
+        EXPIRED_LINK, Form as PageForm, Hidden, Page, PageResponse, UNKNOWN_LINK, outcome_json,
+    },
     services::{
         confirm::{self, BlockOutcome, ConfirmOutcome, TokenState},
         subscribe::{NewSubscription, subscribe},
@@ -399,9 +401,9 @@ impl SubscriptionsApi {
                     "page.already_confirmed.body",
                 )
                 .or_json(json, outcome_json("already_confirmed")),
-            ConfirmOutcome::Expired { ref list } => self
-                .expired_page(l, list)
-                .or_json(json, outcome_json("expired")),
+            ConfirmOutcome::Expired { ref list } => {
+                self.expired_page(l, list).or_problem(json, EXPIRED_LINK)
+            }
             ConfirmOutcome::Unknown => self
                 .token_page(
                     l,
@@ -409,7 +411,7 @@ impl SubscriptionsApi {
                     "page.not_found.title",
                     "page.not_found.body",
                 )
-                .or_json(json, outcome_json("not_found")),
+                .or_problem(json, UNKNOWN_LINK),
         })
     }
 
@@ -463,9 +465,9 @@ impl SubscriptionsApi {
             BlockOutcome::Blocked => self
                 .token_page(l, StatusCode::OK, "page.blocked.title", "page.blocked.body")
                 .or_json(json, outcome_json("blocked")),
-            BlockOutcome::Expired { list } => self
-                .expired_page(l, &list)
-                .or_json(json, outcome_json("expired")),
+            BlockOutcome::Expired { list } => {
+                self.expired_page(l, &list).or_problem(json, EXPIRED_LINK)
+            }
             BlockOutcome::Unknown => self
                 .token_page(
                     l,
@@ -473,7 +475,7 @@ impl SubscriptionsApi {
                     "page.not_found.title",
                     "page.not_found.body",
                 )
-                .or_json(json, outcome_json("not_found")),
+                .or_problem(json, UNKNOWN_LINK),
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     domain::{EmailAddress, UnsubscribeToken},
     error::{ApiError, ErrorResponse},
     i18n::{Locale, t},
-    pages::{Form as PageForm, Hidden, Link, Page, PageResponse, outcome_json},
+    pages::{Form as PageForm, Hidden, Link, Page, PageResponse, UNKNOWN_LINK, outcome_json},
     services::{
         suppression::{Reason, Source},
         unsubscribe::{Scope, unsubscribe},
@@ -78,7 +78,7 @@ impl UnsubscribeApi {
             &Page::simple(l, "page.not_found.title", "page.not_found.body"),
             &self.state,
         )
-        .or_json(json, outcome_json("not_found"))
+        .or_problem(json, UNKNOWN_LINK)
     }
 
     /// A verified token for a list that is still configured.

@@ -91,8 +91,21 @@ impl Page {
 pub struct PageResponse {
     pub status: StatusCode,
     pub html: String,
-    pub json: Option<serde_json::Value>,
+    pub json: Option<PageJson>,
 }
+
+/// What a page answers instead when the client asks for JSON.
+pub enum PageJson {
+    /// The outcome (`PageOutcome`).
+    Outcome(serde_json::Value),
+    /// An error like any other: a problem document with this detail.
+    Problem(&'static str),
+}
+
+/// The detail of an unknown or used-up link asked for as JSON.
+pub const UNKNOWN_LINK: &str = "the link is unknown or used up";
+/// The detail of an expired link asked for as JSON.
+pub const EXPIRED_LINK: &str = "the link has expired; a new mail can be asked for";
 
 impl PageResponse {
     pub fn html(status: StatusCode, page: &Page, state: &State) -> Self {
@@ -106,7 +119,16 @@ impl PageResponse {
     /// Answers with `json` instead of the page when `want_json`.
     pub fn or_json(mut self, want_json: bool, json: serde_json::Value) -> Self {
         if want_json {
-            self.json = Some(json);
+            self.json = Some(PageJson::Outcome(json));
+        }
+        self
+    }
+
+    /// Answers with a problem document instead of the (error) page when
+    /// `want_json`.
+    pub fn or_problem(mut self, want_json: bool, detail: &'static str) -> Self {
+        if want_json {
+            self.json = Some(PageJson::Problem(detail));
         }
         self
     }
@@ -115,13 +137,7 @@ impl PageResponse {
 impl IntoResponse for PageResponse {
     fn into_response(self) -> Response {
         match self.json {
-            // An unknown, used-up or expired link, asked for as JSON: a
-            // problem document like every other error.
-            Some(v) if self.status.is_client_error() => {
-                let detail = match v["status"].as_str() {
-                    Some("expired") => "the link has expired; a new mail can be asked for",
-                    _ => "the link is unknown or used up",
-                };
+            Some(PageJson::Problem(detail)) => {
                 let problem = crate::error::problem(self.status, Some(detail.into()), None);
                 Response::builder()
                     .status(self.status)
@@ -129,7 +145,7 @@ impl IntoResponse for PageResponse {
                     .header("cache-control", "no-store")
                     .body(poem_openapi::types::ToJSON::to_json_string(&problem))
             }
-            Some(v) => Response::builder()
+            Some(PageJson::Outcome(v)) => Response::builder()
                 .status(self.status)
                 .content_type("application/json; charset=utf-8")
                 .header("cache-control", "no-store")

@@ -45,13 +45,7 @@ async fn get_on_the_link_changes_nothing_and_post_confirms() {
     );
 
     // A second POST says so and changes nothing.
-    let again = app
-        .http
-        .post(&link)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let again = app.post_asking_json(&link).await;
     assert_eq!(again.status(), 200);
     let body: serde_json::Value = again.json().await.unwrap();
     assert_eq!(body["status"], "already_confirmed");
@@ -62,13 +56,7 @@ async fn get_on_the_link_changes_nothing_and_post_confirms() {
 async fn confirming_answers_json_when_asked() {
     let app = spawn_app().await;
     let link = app.confirmation_link("json@example.org").await;
-    let resp = app
-        .http
-        .post(&link)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.post_asking_json(&link).await;
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "confirmed");
@@ -145,13 +133,7 @@ async fn an_expired_token_gets_a_410_page_offering_a_new_mail() {
     );
     let post = app.http.post(&link).send().await.unwrap();
     assert_eq!(post.status(), 410);
-    let as_json = app
-        .http
-        .post(&link)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let as_json = app.post_asking_json(&link).await;
     assert_eq!(as_json.status(), 410);
     assert_eq!(
         as_json.headers()["content-type"],

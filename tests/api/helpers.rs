@@ -411,6 +411,16 @@ impl TestApp {
         body["results"][0].clone()
     }
 
+    /// POST on a link, asking for JSON instead of the page.
+    pub async fn post_asking_json(&self, url: &str) -> reqwest::Response {
+        self.http
+            .post(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// One-click POST as RFC 8058 describes it.
     pub async fn one_click(&self, url: &str) -> reqwest::Response {
         self.http
