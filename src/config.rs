@@ -198,8 +198,7 @@ fn default_lists() -> Vec<ListConfig> {
     }]
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone)]
 pub struct RetentionConfig {
     /// How long a suppression entry lives (a calendar month by default).
     pub suppression: ConfigDuration,
@@ -226,6 +225,110 @@ impl Default for RetentionConfig {
             purge_interval: ConfigDuration::Fixed(chrono::Duration::minutes(10)),
             audit: ConfigDuration::Months(12),
         }
+    }
+}
+
+/// A retention key given as one duration or as a table of them.
+enum DurationOrTable<T> {
+    One(ConfigDuration),
+    Table(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for DurationOrTable<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Either<T> {
+            type Value = DurationOrTable<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as \"1 month\", or a table of durations")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                s.parse().map(DurationOrTable::One).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(DurationOrTable::Table)
+            }
+        }
+        d.deserialize_any(Either(std::marker::PhantomData))
+    }
+}
+
+/// `retention.pending` as a table: `{ token = "48h", grace = "7d" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingTable {
+    token: Option<ConfigDuration>,
+    grace: Option<ConfigDuration>,
+}
+
+/// DESIGN §4 gives `retention.suppression` ("per-reason overrides allowed")
+/// and `retention.pending` ("48 h token + 7 d grace") as one key each; both
+/// take a plain duration or a table (`{ default = "1 month", bounce =
+/// "2 months" }`, `{ token = "48h", grace = "7d" }`). The separate keys
+/// `suppression_by_reason` and `pending_grace` say the same and stay valid.
+impl<'de> Deserialize<'de> for RetentionConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Raw {
+            suppression: Option<DurationOrTable<BTreeMap<String, ConfigDuration>>>,
+            suppression_by_reason: BTreeMap<String, ConfigDuration>,
+            pending: Option<DurationOrTable<PendingTable>>,
+            pending_grace: Option<ConfigDuration>,
+            purge_interval: Option<ConfigDuration>,
+            audit: Option<ConfigDuration>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let mut out = Self {
+            suppression_by_reason: raw.suppression_by_reason,
+            ..Self::default()
+        };
+        match raw.suppression {
+            None => {}
+            Some(DurationOrTable::One(all)) => out.suppression = all,
+            Some(DurationOrTable::Table(mut table)) => {
+                if let Some(all) = table.remove("default") {
+                    out.suppression = all;
+                }
+                for (reason, lifetime) in table {
+                    if out
+                        .suppression_by_reason
+                        .insert(reason.clone(), lifetime)
+                        .is_some()
+                    {
+                        return Err(D::Error::custom(format!(
+                            "the retention of {reason:?} is set both in retention.suppression \
+                             and in retention.suppression_by_reason"
+                        )));
+                    }
+                }
+            }
+        }
+        out.pending_grace = raw.pending_grace.unwrap_or(out.pending_grace);
+        match raw.pending {
+            None => {}
+            Some(DurationOrTable::One(token)) => out.pending = token,
+            Some(DurationOrTable::Table(t)) => {
+                out.pending = t.token.unwrap_or(out.pending);
+                if let Some(grace) = t.grace {
+                    if raw.pending_grace.is_some() {
+                        return Err(D::Error::custom(
+                            "the grace is set both in retention.pending and in \
+                             retention.pending_grace",
+                        ));
+                    }
+                    out.pending_grace = grace;
+                }
+            }
+        }
+        out.purge_interval = raw.purge_interval.unwrap_or(out.purge_interval);
+        out.audit = raw.audit.unwrap_or(out.audit);
+        Ok(out)
     }
 }
 
@@ -634,8 +737,8 @@ impl Config {
         for reason in self.retention.suppression_by_reason.keys() {
             if crate::services::suppression::Reason::parse(reason).is_none() {
                 anyhow::bail!(
-                    "retention.suppression_by_reason: {reason:?} is not a reason (unsubscribed, \
-                     bounce, complaint, blocked, manual, erased)"
+                    "retention.suppression: {reason:?} is not a reason (unsubscribed, bounce, \
+                     complaint, blocked, manual, erased) nor `default`"
                 );
             }
         }
@@ -876,6 +979,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"bounced\" is not a reason"), "{err}");
+    }
+
+    #[test]
+    fn suppression_and_pending_retention_take_a_duration_or_a_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("listguard.toml");
+        std::fs::write(
+            &path,
+            "[retention]\nsuppression = { default = \"2 months\", bounce = \"3 months\" }\n\
+             pending = { token = \"24h\", grace = \"3d\" }\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&path), Vec::new()).unwrap();
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert_eq!(c.suppression_retention("bounce"), ConfigDuration::Months(3));
+        assert_eq!(
+            c.suppression_retention("unsubscribed"),
+            ConfigDuration::Months(2)
+        );
+        assert_eq!(c.retention.pending, "24h".parse().unwrap());
+        assert_eq!(c.retention.pending_grace, "3d".parse().unwrap());
+
+        // The environment takes the table as JSON, and a plain duration still works.
+        let env = vec![
+            (
+                "LISTGUARD_RETENTION__SUPPRESSION".to_string(),
+                r#"{"complaint": "6 months"}"#.to_string(),
+            ),
+            (
+                "LISTGUARD_RETENTION__PENDING".to_string(),
+                "72h".to_string(),
+            ),
+        ];
+        let c = Config::load_from(None, env).unwrap();
+        assert_eq!(
+            c.suppression_retention("complaint"),
+            ConfigDuration::Months(6)
+        );
+        assert_eq!(c.suppression_retention("manual"), ConfigDuration::Months(1));
+        assert_eq!(c.retention.pending, "72h".parse().unwrap());
+        assert_eq!(c.retention.pending_grace, "7d".parse().unwrap());
+
+        for (key, json, want) in [
+            (
+                "SUPPRESSION",
+                r#"{"bounced": "2 months"}"#,
+                "\"bounced\" is not a reason",
+            ),
+            ("PENDING", r#"{"token": "48h", "grase": "7d"}"#, "grase"),
+            ("PENDING", r#"{"token": "soon"}"#, "soon"),
+        ] {
+            let env = vec![(format!("LISTGUARD_RETENTION__{key}"), json.to_string())];
+            let err = Config::load_from(None, env).unwrap_err().to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
     }
 
     #[test]
