@@ -12,6 +12,7 @@ mod m20261124_000006_outbox_unsent_subject_index;
 mod m20261124_000007_outbox_lean_indexes;
 mod m20261124_000008_hash_columns_binary_collation;
 mod m20261124_000009_hash_probe_indexes;
+mod m20261125_000001_tokens_lean_indexes;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000007_outbox_lean_indexes::Migration),
             Box::new(m20261124_000008_hash_columns_binary_collation::Migration),
             Box::new(m20261124_000009_hash_probe_indexes::Migration),
+            Box::new(m20261125_000001_tokens_lean_indexes::Migration),
         ]
     }
 }
