@@ -65,6 +65,8 @@ pub struct State {
     pub signup_batch_failures: std::sync::atomic::AtomicU64,
     /// What `GET /metrics` serves.
     pub metrics: crate::metrics::Metrics,
+    /// Confirmation mails reserved for this process's mail worker.
+    pub mail_handoff: crate::outbox::mail_worker::Handoff,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write lock.
@@ -119,6 +121,7 @@ impl State {
             consent_texts_stored: Default::default(),
             signup_batch_failures: Default::default(),
             metrics: crate::metrics::Metrics::new(),
+            mail_handoff: Default::default(),
         })
     }
 

@@ -6,7 +6,12 @@ use std::time::Duration;
 use crate::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 
-use super::{ExecutionOutcome, JobFailure, JobKind, claim_and_do, complete_many, fail};
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, Statement};
+
+use super::{
+    ClaimedJob, ExecutionOutcome, JobFailure, JobKind, claim, complete_many, do_jobs, fail,
+};
 use crate::{
     i18n::Locale,
     mail::{ConfirmationMail, MailError, render_confirmation},
@@ -36,7 +41,85 @@ pub enum MailJob {
     },
 }
 
-/// Claims one due mail job and sends it.
+/// Confirmation mails reserved for this process's worker. The signup
+/// statement (PostgreSQL's set-based one) writes their jobs `pending` with
+/// a short lease in `locked_until`, which keeps other workers' claims off
+/// them, and this worker takes them from memory instead of claiming them
+/// with an `UPDATE` of its own: that claim was a fifth of the database's
+/// work per signup. Should the process stop first, the lease runs out and
+/// any worker claims them as usual.
+#[derive(Default)]
+pub struct Handoff {
+    queue: std::sync::Mutex<std::collections::VecDeque<HandedOff>>,
+    /// When this process last claimed mail from the table.
+    last_claim: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// A mail job reserved for this process.
+pub struct HandedOff {
+    pub id: i64,
+    pub subject_hash: String,
+    pub payload: String,
+    pub locked_until: DateTime<Utc>,
+}
+
+/// The lease of a handed-off job: how long a mail waits if the process
+/// that queued it stops before sending it.
+pub const HANDOFF_LEASE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Handed-off jobs held at most; beyond them (mail sent more slowly than it
+/// is queued) new jobs are queued unreserved, for any worker to claim.
+const HANDOFF_CAP: usize = 1024;
+
+/// How often the worker claims from the table even while handed-off jobs
+/// keep it busy, so that retries and other mail are not starved.
+const CLAIM_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+impl Handoff {
+    /// Whether new jobs may be reserved for this process.
+    pub fn has_room(&self) -> bool {
+        self.queue.lock().expect("handoff lock").len() < HANDOFF_CAP
+    }
+
+    pub fn push(&self, jobs: impl IntoIterator<Item = HandedOff>) {
+        self.queue.lock().expect("handoff lock").extend(jobs);
+    }
+
+    /// Forgets the reserved jobs, as stopping the process does; their
+    /// leases then run out and any worker claims them (tests).
+    pub fn forget(&self) {
+        self.queue.lock().expect("handoff lock").clear();
+    }
+
+    /// Up to `limit` jobs whose lease has at least half its time left; older
+    /// ones are left to a claim once their lease has run out, since another
+    /// worker may take them then.
+    fn take(&self, limit: usize, now: DateTime<Utc>) -> Vec<HandedOff> {
+        let mut queue = self.queue.lock().expect("handoff lock");
+        let mut out = Vec::new();
+        while out.len() < limit {
+            match queue.pop_front() {
+                Some(j) if j.locked_until - HANDOFF_LEASE / 2 > now => out.push(j),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Whether this step should claim from the table too: always when
+    /// nothing was handed off, else once in [`CLAIM_AT_LEAST_EVERY`].
+    fn claim_due(&self, handed_off: bool) -> bool {
+        let mut last = self.last_claim.lock().expect("handoff lock");
+        let due = !handed_off || last.is_none_or(|t| t.elapsed() >= CLAIM_AT_LEAST_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
+/// Sends one due mail job: a handed-off one first, else one claimed.
 #[tracing::instrument(skip_all)]
 pub async fn try_execute_task(state: &AppState) -> anyhow::Result<ExecutionOutcome> {
     Ok(ExecutionOutcome::of(execute_batch(state, 1).await?))
@@ -45,17 +128,18 @@ pub async fn try_execute_task(state: &AppState) -> anyhow::Result<ExecutionOutco
 /// How many mails one worker sends at once.
 const PARALLEL_SENDS: usize = 8;
 
-/// Claims up to `limit` due mail jobs, sends them (a few at a time) and
-/// records the outcomes; returns how many jobs it took.
+/// Takes up to `limit` mail jobs (handed-off ones first, then claimed ones),
+/// sends them (a few at a time) and records the outcomes; returns how many
+/// jobs it took.
 pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize> {
-    let results = claim_and_do(
-        state,
-        JobKind::Mail,
-        limit,
-        PARALLEL_SENDS,
-        |mail: MailJob| send(state, mail),
-    )
-    .await?;
+    let now = state.now();
+    let mut jobs = handed_off(state, limit as usize, now).await?;
+    let room = limit.saturating_sub(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
+    if room > 0 && state.mail_handoff.claim_due(!jobs.is_empty()) {
+        let lease = JobKind::Mail.lease(&state.config);
+        jobs.extend(claim(&state.db, JobKind::Mail, lease, room, now).await?);
+    }
+    let results = do_jobs(jobs, PARALLEL_SENDS, |mail: MailJob| send(state, mail)).await;
     let n = results.len();
     let now = state.now();
     let mut done = Vec::new();
@@ -90,6 +174,49 @@ pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize
     }
     complete_many(&state.db, &done, now).await?;
     Ok(n)
+}
+
+/// Up to `limit` handed-off jobs, as claimed ones: those still `pending`
+/// (one that was cancelled meanwhile, e.g. by an erasure, is not sent).
+async fn handed_off(
+    state: &AppState,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<Vec<ClaimedJob>, sea_orm::DbErr> {
+    let backend = state.db.get_database_backend();
+    let mut jobs = Vec::new();
+    while jobs.len() < limit {
+        let taken = state.mail_handoff.take(limit - jobs.len(), now);
+        if taken.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = taken.iter().map(|j| j.id).collect();
+        let (wanted, list) = crate::db::id_in(backend, "id", 1, &ids);
+        let live: std::collections::HashSet<i64> = state
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                format!("SELECT id FROM outbox WHERE {wanted} AND status = 'pending'"),
+                [list],
+            ))
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64>("", "id"))
+            .collect::<Result<_, _>>()?;
+        jobs.extend(
+            taken
+                .into_iter()
+                .filter(|j| live.contains(&j.id))
+                .map(|j| ClaimedJob {
+                    id: j.id,
+                    kind: JobKind::Mail.as_str().to_string(),
+                    payload: Some(j.payload),
+                    subject_hash: Some(j.subject_hash),
+                    attempts: 0,
+                }),
+        );
+    }
+    Ok(jobs)
 }
 
 async fn send(state: &AppState, job: MailJob) -> Result<(), JobFailure> {

@@ -29,9 +29,7 @@ impl ExecutionOutcome {
 }
 
 /// Claims up to `limit` due jobs of `kind` and does them, `parallel` at a
-/// time: each payload read as a `P` and handed to `work`. A payload that is
-/// gone or unreadable is a permanent failure. Answers each job with its
-/// result, for the caller to record.
+/// time (see [`do_jobs`]).
 pub async fn claim_and_do<P, R, F, Fut>(
     state: &crate::state::AppState,
     kind: JobKind,
@@ -44,11 +42,27 @@ where
     F: Fn(P) -> Fut,
     Fut: Future<Output = Result<R, JobFailure>>,
 {
-    use futures_util::StreamExt;
-
     let lease = kind.lease(&state.config);
     let jobs = claim(&state.db, kind, lease, limit, state.now()).await?;
-    Ok(futures_util::stream::iter(jobs)
+    Ok(do_jobs(jobs, parallel, work).await)
+}
+
+/// Does claimed jobs, `parallel` at a time: each payload read as a `P` and
+/// handed to `work`. A payload that is gone or unreadable is a permanent
+/// failure. Answers each job with its result, for the caller to record.
+pub async fn do_jobs<P, R, F, Fut>(
+    jobs: Vec<ClaimedJob>,
+    parallel: usize,
+    work: F,
+) -> Vec<(ClaimedJob, Result<R, JobFailure>)>
+where
+    P: serde::de::DeserializeOwned,
+    F: Fn(P) -> Fut,
+    Fut: Future<Output = Result<R, JobFailure>>,
+{
+    use futures_util::StreamExt;
+
+    futures_util::stream::iter(jobs)
         .map(|job| {
             let payload = job.payload.as_deref().map(serde_json::from_str::<P>);
             let work = match payload {
@@ -66,7 +80,7 @@ where
         })
         .buffer_unordered(parallel)
         .collect()
-        .await)
+        .await
 }
 
 /// The loop of a worker that claims up to `limit` jobs a step: after a full

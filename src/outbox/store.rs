@@ -113,8 +113,10 @@ pub struct ClaimedJob {
     pub attempts: i32,
 }
 
-/// Claims up to `limit` due jobs of `kind`: pending ones whose time has come,
-/// and in-flight ones whose lease ran out; never a job whose member (see
+/// Claims up to `limit` due jobs of `kind`: pending ones whose time has come
+/// (and that are not reserved for the process that queued them, see
+/// [`crate::outbox::mail_worker::Handoff`]), and in-flight ones whose lease
+/// ran out; never a job whose member (see
 /// `member_key`) has another job in flight, so changes to one member run in
 /// order. (The busy members are one set, hashed once per claim: a
 /// correlated `NOT EXISTS` was planned as one index probe per candidate row,
@@ -137,7 +139,8 @@ pub async fn claim<C: ConnectionTrait>(
     let sql = format!(
         "UPDATE outbox SET status = 'in_flight', locked_until = $1, updated_at = $2 \
          WHERE id IN (SELECT o.id FROM outbox o WHERE o.kind = $3 AND o.status IN ('pending', 'in_flight') AND \
-           ((o.status = 'pending' AND o.next_attempt_at <= $2) OR (o.status = 'in_flight' AND o.locked_until <= $2)) \
+           ((o.status = 'pending' AND o.next_attempt_at <= $2 AND (o.locked_until IS NULL OR o.locked_until <= $2)) \
+            OR (o.status = 'in_flight' AND o.locked_until <= $2)) \
            AND (o.member_key IS NULL OR o.member_key NOT IN (SELECT b.member_key FROM outbox b \
                 WHERE b.kind = $3 AND b.status = 'in_flight' AND b.locked_until > $2 AND b.member_key IS NOT NULL)) \
            ORDER BY o.id LIMIT $4 {lock}) \
@@ -169,7 +172,8 @@ pub async fn complete_with_note<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     let stmt = Statement::from_sql_and_values(
         conn.get_database_backend(),
-        "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, last_error = $1, updated_at = $2 WHERE id = $3",
+        "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, last_error = $1, updated_at = $2 \
+         WHERE id = $3 AND status IN ('pending', 'in_flight')",
         [note.into(), now.into(), id.into()],
     );
     conn.execute_raw(stmt).await?;
@@ -194,7 +198,7 @@ pub async fn complete_many<C: ConnectionTrait>(
         backend,
         format!(
             "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, \
-             last_error = NULL, updated_at = $1 WHERE {wanted}"
+             last_error = NULL, updated_at = $1 WHERE {wanted} AND status IN ('pending', 'in_flight')"
         ),
         [now.into(), list],
     );
@@ -220,7 +224,9 @@ pub fn backoff(attempts: i32) -> chrono::Duration {
 
 /// Records a failed attempt: back to pending with a later time, or dead when the
 /// budget is spent or the failure is permanent. The payload is kept for a
-/// dead letter, so that it can be retried.
+/// dead letter, so that it can be retried. A job cancelled while it was being
+/// done (an erasure, say) stays cancelled: this, and marking it done, leave
+/// only a job that is still pending or in flight.
 pub async fn fail<C: ConnectionTrait>(
     conn: &C,
     job: &ClaimedJob,
@@ -235,7 +241,8 @@ pub async fn fail<C: ConnectionTrait>(
     };
     let stmt = Statement::from_sql_and_values(
         conn.get_database_backend(),
-        "UPDATE outbox SET status = $1, attempts = $2, last_error = $3, next_attempt_at = $4, locked_until = NULL, updated_at = $5 WHERE id = $6",
+        "UPDATE outbox SET status = $1, attempts = $2, last_error = $3, next_attempt_at = $4, locked_until = NULL, updated_at = $5 \
+         WHERE id = $6 AND status IN ('pending', 'in_flight')",
         [
             status.into(),
             attempts.into(),

@@ -21,7 +21,10 @@ use crate::{
     crypto::{random_token, sha256_hex},
     domain::{DisplayName, EmailAddress},
     i18n::Locale,
-    outbox::{self, JobKind, mail_worker::MailJob},
+    outbox::{
+        self, JobKind,
+        mail_worker::{HANDOFF_LEASE, HandedOff, MailJob},
+    },
     secrets::log_id,
     state::AppState,
 };
@@ -469,13 +472,15 @@ async fn insert_fresh_postgres(
                SELECT sub_id, email_hash, list_slug, '{requested}', $2, ip, user_agent, source, \
                  consent_version, consent_sha256, $4 FROM pairs \
              ), mails AS ( \
-               INSERT INTO outbox (kind, status, payload, subject_hash, attempts, next_attempt_at, created_at, updated_at) \
-               SELECT '{mail}', 'pending', payload, email_hash, 0, $2, $2, $2 FROM pairs \
+               INSERT INTO outbox (kind, status, payload, subject_hash, attempts, next_attempt_at, \
+                 locked_until, created_at, updated_at) \
+               SELECT '{mail}', 'pending', payload, email_hash, 0, $2, $6, $2, $2 FROM pairs \
+               RETURNING id, subject_hash \
              ), limits AS ( \
                INSERT INTO address_limits (email_hash, day, count, last_sent_at) \
                SELECT email_hash, $5, 1, $2 FROM pairs \
              ) \
-             SELECT ord FROM pairs",
+             SELECT p.ord, m.id AS job FROM pairs p JOIN mails m ON m.subject_hash = p.email_hash",
             pending = PENDING,
             purpose = CONFIRM_PURPOSE,
             requested = ConsentKind::Requested.as_str(),
@@ -487,6 +492,9 @@ async fn insert_fresh_postgres(
     }
     let config = &state.config;
     let input = serde_json::to_string(rows).map_err(|e| DbErr::Custom(e.to_string()))?;
+    // The confirmation mails are reserved for this process's mail worker
+    // (see `Handoff`), unless it holds more than it can.
+    let locked_until = state.mail_handoff.has_room().then(|| now + HANDOFF_LEASE);
     let stmt = Statement::from_sql_and_values(
         DbBackend::Postgres,
         SQL.as_str(),
@@ -496,21 +504,32 @@ async fn insert_fresh_postgres(
             config.retention.pending.after(now).into(),
             config.org.privacy_policy_url.clone().into(),
             now.format("%Y-%m-%d").to_string().into(),
+            locked_until.into(),
         ],
     );
     let written = state.db.query_all_raw(stmt).await?;
-    written
-        .iter()
-        .map(|row| {
-            let ord: i64 = row.try_get("", "ord")?;
-            usize::try_from(ord - 1)
-                .ok()
-                .filter(|&i| i < rows.len())
-                .ok_or_else(|| {
-                    DbErr::Custom("the signup insert answered a row it was not given".into())
-                })
-        })
-        .collect()
+    let mut positions = Vec::with_capacity(written.len());
+    let mut handed = Vec::new();
+    for row in &written {
+        let ord: i64 = row.try_get("", "ord")?;
+        let i = usize::try_from(ord - 1)
+            .ok()
+            .filter(|&i| i < rows.len())
+            .ok_or_else(|| {
+                DbErr::Custom("the signup insert answered a row it was not given".into())
+            })?;
+        positions.push(i);
+        if let Some(locked_until) = locked_until {
+            handed.push(HandedOff {
+                id: row.try_get("", "job")?,
+                subject_hash: rows[i].email_hash.to_string(),
+                payload: rows[i].payload.clone(),
+                locked_until,
+            });
+        }
+    }
+    state.mail_handoff.push(handed);
+    Ok(positions)
 }
 
 async fn try_subscribe(

@@ -42,9 +42,16 @@ async fn a_job_held_by_a_dead_worker_is_taken_over_after_its_lease() {
     )
     .await
     .unwrap();
-    assert_eq!(claimed.len(), 1);
+    if listguard::db::is_postgres(&app.state.db) {
+        // There the signup reserved it for its own process's worker.
+        assert_eq!(claimed.len(), 0, "a reserved job is not claimed");
+        app.state.mail_handoff.forget();
+    } else {
+        assert_eq!(claimed.len(), 1);
+    }
     assert_eq!(app.drain_mail().await, 0, "the lease still holds");
     app.clock.advance(chrono::Duration::minutes(6));
     assert_eq!(app.drain_mail().await, 1);
     assert_eq!(app.smtp.mails_to("lease@example.org").len(), 1);
+    assert_eq!(app.drain_mail().await, 0, "sent once");
 }

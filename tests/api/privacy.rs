@@ -496,3 +496,26 @@ async fn export_rectify_and_erase_need_the_admin_key() {
     assert_eq!(app.subscriptions_of("guarded@example.org").await.len(), 1);
     assert!(app.audit_rows().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_signup_erased_before_its_mail_went_out_gets_no_mail() {
+    let app = spawn_app().await;
+    app.subscribe("gone-soon@example.org").await;
+    app.subscribe("stays@example.org").await;
+    let receipt = app.erase("gone-soon@example.org").await;
+    assert_eq!(receipt["jobs_cancelled"], 1);
+    assert_eq!(app.drain_mail().await, 1);
+    assert!(app.smtp.mails_to("gone-soon@example.org").is_empty());
+    assert_eq!(app.smtp.mails_to("stays@example.org").len(), 1);
+    let rows = app
+        .query(
+            "SELECT status FROM outbox WHERE kind = 'mail' ORDER BY id",
+            vec![],
+        )
+        .await;
+    let statuses: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get("", "status").unwrap())
+        .collect();
+    assert_eq!(statuses, ["cancelled", "done"]);
+}
