@@ -159,3 +159,40 @@ async fn a_dead_lettered_confirmation_mail_goes_with_its_signup() {
         "no table keeps the address of a mail that was never sent"
     );
 }
+
+#[tokio::test]
+async fn deleting_a_subscriber_takes_its_subscriptions_and_tokens_and_detaches_its_consent() {
+    // The foreign keys' actions, which every path that deletes people or
+    // subscriptions relies on, on both backends.
+    let app = spawn_app().await;
+    app.subscribe("cascade@example.org").await;
+    app.subscribe_and_confirm("other@example.org").await;
+    let (subs, tokens, events) = (
+        app.count("subscriptions").await,
+        app.count("tokens").await,
+        app.count("consent_events").await,
+    );
+    app.query(
+        "DELETE FROM subscribers WHERE email = 'cascade@example.org'",
+        vec![],
+    )
+    .await;
+    assert_eq!(app.count("subscriptions").await, subs - 1);
+    assert_eq!(app.count("tokens").await, tokens - 1);
+    assert_eq!(app.count("consent_events").await, events, "proof stays");
+    let detached = app
+        .query(
+            "SELECT COUNT(*) AS n FROM consent_events WHERE subscription_id IS NULL",
+            vec![],
+        )
+        .await;
+    assert_eq!(detached[0].try_get::<i64>("", "n").unwrap(), 1);
+    let dangling = app
+        .query(
+            "SELECT COUNT(*) AS n FROM consent_events c WHERE c.subscription_id IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = c.subscription_id)",
+            vec![],
+        )
+        .await;
+    assert_eq!(dangling[0].try_get::<i64>("", "n").unwrap(), 0);
+}
