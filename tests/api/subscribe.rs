@@ -388,3 +388,65 @@ async fn without_trusted_proxies_a_forwarded_for_header_is_ignored() {
         Some("127.0.0.1")
     );
 }
+
+#[tokio::test]
+async fn a_signup_that_meets_a_concurrent_insert_of_its_address_is_taken_on_its_own() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let app = spawn_app().await;
+    // Needs a second writer at the same moment: SQLite has one.
+    if !listguard::db::is_postgres(&app.state.db) {
+        return;
+    }
+    let email = "racing@example.org";
+    let hash = app
+        .state
+        .keys
+        .hasher
+        .hash(&listguard::domain::EmailAddress::parse(email).unwrap());
+    // Another transaction (a webhook, another replica) has inserted the
+    // address and not yet committed.
+    let other = app.state.db.begin().await.unwrap();
+    other
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "INSERT INTO subscribers (email, email_hash, locale, restricted, created_at, updated_at) \
+             VALUES ($1, $2, 'en', false, now(), now())",
+            [email.into(), hash.clone().into()],
+        ))
+        .await
+        .unwrap();
+    let commit_once_blocked = async {
+        // The signup's batch statement now waits on that row's key.
+        for _ in 0..500 {
+            let waiting = app
+                .query(
+                    "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    vec![],
+                )
+                .await;
+            if waiting[0].try_get::<i64>("", "n").unwrap() > 0 {
+                return other.commit().await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the signup never waited on the uncommitted insert");
+    };
+    let (resp, ()) = tokio::join!(app.subscribe(email), commit_once_blocked);
+    assert_eq!(resp.status(), 202);
+
+    // The batch statement failed on the unique key and the signup went
+    // through the general path: one subscriber, now pending, and one mail.
+    assert_eq!(app.count("subscribers").await, 1);
+    assert_eq!(app.subscriptions_of(email).await.len(), 1);
+    assert_eq!(app.drain_mail().await, 1);
+    assert_eq!(app.smtp.mails_to(email).len(), 1);
+    assert_eq!(
+        app.state
+            .signup_batch_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a unique violation is a race, not a failure"
+    );
+}
