@@ -229,6 +229,11 @@ impl SubscribersApi {
         {
             return Err(ApiError::validation("status", "must be pending or confirmed").into());
         }
+        if let Some(l) = &list.0
+            && self.state.config.list(l).is_none()
+        {
+            return Err(ApiError::validation("list", "is not a known list").into());
+        }
         let mut q = subscriber::Entity::find().filter(subscriber::Column::Id.gt(after));
         if list.0.is_some() || status.0.is_some() {
             let mut sub = sea_orm::sea_query::Query::select()

@@ -370,6 +370,20 @@ async fn subscribers_are_paged_with_a_cursor() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    let bad = app
+        .admin(Method::GET, "/v1/subscribers?list=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let problem: serde_json::Value = bad.json().await.unwrap();
+    assert!(problem.to_string().contains("list"), "{problem}");
+    let known = app
+        .admin(Method::GET, "/v1/subscribers?list=newsletter")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(known.status(), 200);
 }
 
 #[tokio::test]
