@@ -16,7 +16,15 @@ pub use webhooks::MAX_WEBHOOK_BODY;
 
 use poem_openapi::{OpenApiService, Tags};
 
-use crate::state::AppState;
+use crate::{config::Config, config::ListConfig, error::ApiError, state::AppState};
+
+/// The configured list `slug` names, or the 400 that every operation taking
+/// a list gives for one that is not configured.
+fn known_list<'a>(config: &'a Config, slug: &str) -> Result<&'a ListConfig, ApiError> {
+    config
+        .list(slug)
+        .ok_or_else(|| ApiError::validation("list", "is not a known list"))
+}
 
 #[derive(Tags)]
 pub enum ApiTags {

@@ -229,10 +229,8 @@ impl SubscribersApi {
         {
             return Err(ApiError::validation("status", "must be pending or confirmed").into());
         }
-        if let Some(l) = &list.0
-            && self.state.config.list(l).is_none()
-        {
-            return Err(ApiError::validation("list", "is not a known list").into());
+        if let Some(l) = &list.0 {
+            super::known_list(&self.state.config, l)?;
         }
         let mut q = subscriber::Entity::find().filter(subscriber::Column::Id.gt(after));
         if list.0.is_some() || status.0.is_some() {
@@ -378,8 +376,10 @@ impl SubscribersApi {
         auth.admin()?;
         let email = self.parse_email(&email.0)?;
         let scope = match list.0 {
-            Some(l) if self.state.config.list(&l).is_some() => Scope::List(l),
-            Some(_) => return Err(ApiError::validation("list", "is not a known list").into()),
+            Some(l) => {
+                super::known_list(&self.state.config, &l)?;
+                Scope::List(l)
+            }
             None => Scope::AllLists,
         };
         let hash = self.state.keys.hasher.hash(&email);

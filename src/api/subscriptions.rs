@@ -157,9 +157,7 @@ impl SubscriptionsApi {
         let list = match body.list.as_deref() {
             Some(l) => {
                 let slug = ListSlug::parse(l).map_err(|e| ApiError::validation("list", e.0))?;
-                config
-                    .list(slug.as_str())
-                    .ok_or_else(|| ApiError::validation("list", "is not a known list"))?
+                super::known_list(config, slug.as_str())?
             }
             None => &config.lists[0],
         };

@@ -162,8 +162,7 @@ impl SuppressionsApi {
     fn scope_of(&self, list: Option<&str>) -> Result<String, ApiError> {
         match list {
             None => Ok(ALL_LISTS.to_string()),
-            Some(l) if self.state.config.list(l).is_some() => Ok(l.to_string()),
-            Some(_) => Err(ApiError::validation("list", "is not a known list")),
+            Some(l) => super::known_list(&self.state.config, l).map(|_| l.to_string()),
         }
     }
 }
@@ -179,10 +178,8 @@ impl SuppressionsApi {
     ) -> Result<CheckResponses, ErrorResponse> {
         auth.sender()?;
         let body = body.0;
-        if let Some(l) = &body.list
-            && self.state.config.list(l).is_none()
-        {
-            return Err(ApiError::validation("list", "is not a known list").into());
+        if let Some(l) = &body.list {
+            super::known_list(&self.state.config, l)?;
         }
         if body.emails.len() > MAX_ADDRESSES {
             return Err(ApiError::validation("emails", "may hold at most 10000 addresses").into());

@@ -206,9 +206,7 @@ impl UnsubscribeApi {
     ) -> Result<LinksResponse, ErrorResponse> {
         auth.sender()?;
         let body = body.0;
-        if self.state.config.list(&body.list).is_none() {
-            return Err(ApiError::validation("list", "is not a known list").into());
-        }
+        super::known_list(&self.state.config, &body.list)?;
         if body.emails.len() > MAX_ADDRESSES {
             return Err(ApiError::validation("emails", "may hold at most 10000 addresses").into());
         }

@@ -162,6 +162,10 @@ pub async fn claim<C: ConnectionTrait>(
         .collect()
 }
 
+/// The jobs that recording an outcome may change: one cancelled or
+/// superseded while it was being done (an erasure, say) stays so.
+const STILL_OPEN: &str = "status IN ('pending', 'in_flight')";
+
 /// Marks a job done, clears its payload, and keeps a note of how it ended
 /// (e.g. "forgotten at Mailchimp": done, not to be retried, but worth seeing).
 pub async fn complete_with_note<C: ConnectionTrait>(
@@ -172,8 +176,10 @@ pub async fn complete_with_note<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     let stmt = Statement::from_sql_and_values(
         conn.get_database_backend(),
-        "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, last_error = $1, updated_at = $2 \
-         WHERE id = $3 AND status IN ('pending', 'in_flight')",
+        format!(
+            "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, \
+             last_error = $1, updated_at = $2 WHERE id = $3 AND {STILL_OPEN}"
+        ),
         [note.into(), now.into(), id.into()],
     );
     conn.execute_raw(stmt).await?;
@@ -198,7 +204,7 @@ pub async fn complete_many<C: ConnectionTrait>(
         backend,
         format!(
             "UPDATE outbox SET status = 'done', payload = NULL, locked_until = NULL, \
-             last_error = NULL, updated_at = $1 WHERE {wanted} AND status IN ('pending', 'in_flight')"
+             last_error = NULL, updated_at = $1 WHERE {wanted} AND {STILL_OPEN}"
         ),
         [now.into(), list],
     );
@@ -224,9 +230,8 @@ pub fn backoff(attempts: i32) -> chrono::Duration {
 
 /// Records a failed attempt: back to pending with a later time, or dead when the
 /// budget is spent or the failure is permanent. The payload is kept for a
-/// dead letter, so that it can be retried. A job cancelled while it was being
-/// done (an erasure, say) stays cancelled: this, and marking it done, leave
-/// only a job that is still pending or in flight.
+/// dead letter, so that it can be retried. Only a job still open changes
+/// (see [`STILL_OPEN`]).
 pub async fn fail<C: ConnectionTrait>(
     conn: &C,
     job: &ClaimedJob,
@@ -241,8 +246,10 @@ pub async fn fail<C: ConnectionTrait>(
     };
     let stmt = Statement::from_sql_and_values(
         conn.get_database_backend(),
-        "UPDATE outbox SET status = $1, attempts = $2, last_error = $3, next_attempt_at = $4, locked_until = NULL, updated_at = $5 \
-         WHERE id = $6 AND status IN ('pending', 'in_flight')",
+        format!(
+            "UPDATE outbox SET status = $1, attempts = $2, last_error = $3, next_attempt_at = $4, \
+             locked_until = NULL, updated_at = $5 WHERE id = $6 AND {STILL_OPEN}"
+        ),
         [
             status.into(),
             attempts.into(),
