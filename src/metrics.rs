@@ -40,6 +40,11 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnsweredByLabels {
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     kind: String,
     status: String,
@@ -72,6 +77,8 @@ pub struct Metrics {
     database_counts_ok: Gauge,
     scrape_errors: Counter,
     last_error: Mutex<Option<String>>,
+    checks: Family<AnsweredByLabels, Counter>,
+    check_copy_addresses: Gauge,
 }
 
 impl Default for Metrics {
@@ -128,6 +135,19 @@ impl Metrics {
             "Failed reads of the queue and list sizes",
             scrape_errors.clone(),
         );
+        let checks = Family::<AnsweredByLabels, Counter>::default();
+        registry.register(
+            "bulk_checks",
+            "Bulk checks answered, by where the answers came from (memory or database)",
+            checks.clone(),
+        );
+        let check_copy_addresses = Gauge::default();
+        registry.register(
+            "bulk_check_copy_addresses",
+            "Address hashes in the bulk check's copy in memory; -1 while there is none",
+            check_copy_addresses.clone(),
+        );
+        check_copy_addresses.set(-1);
         Self {
             registry,
             requests,
@@ -139,7 +159,21 @@ impl Metrics {
             database_counts_ok,
             scrape_errors,
             last_error: Mutex::new(None),
+            checks,
+            check_copy_addresses,
         }
+    }
+
+    /// Counts one bulk check, answered from memory or by the database.
+    pub fn observe_check(&self, from_memory: bool) {
+        let by = if from_memory { "memory" } else { "database" };
+        self.checks.get_or_create(&AnsweredByLabels { by }).inc();
+    }
+
+    /// The size of the bulk check's copy, `None` while there is none.
+    pub fn set_check_copy(&self, addresses: Option<usize>) {
+        self.check_copy_addresses
+            .set(addresses.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)));
     }
 
     /// Counts one answered request. `route` is a template or `other`.

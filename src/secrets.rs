@@ -50,10 +50,12 @@ impl AddressHasher {
 
     /// Lower-case hex HMAC-SHA256 of the address's comparison key.
     pub fn hash(&self, email: &EmailAddress) -> String {
-        hex::encode(crypto::hmac_sha256(
-            self.key.expose_secret(),
-            email.key().as_bytes(),
-        ))
+        hex::encode(self.digest(email))
+    }
+
+    /// The same hash as raw bytes.
+    pub fn digest(&self, email: &EmailAddress) -> [u8; 32] {
+        crypto::hmac_sha256(self.key.expose_secret(), email.key().as_bytes())
     }
 }
 

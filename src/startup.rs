@@ -124,6 +124,9 @@ impl Application {
             config.server.public_url = format!("http://127.0.0.1:{port}");
         }
         let state = build_state(config, &options).await?;
+        // Only a serving process keeps the bulk check's copy; the CLI asks
+        // the database.
+        state.start_check_cache();
         Ok(Self {
             port,
             route: routes(state.clone()),

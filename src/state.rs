@@ -67,6 +67,8 @@ pub struct State {
     pub metrics: crate::metrics::Metrics,
     /// Confirmation mails reserved for this process's mail worker.
     pub mail_handoff: crate::outbox::mail_worker::Handoff,
+    /// The bulk check's answers in memory; PostgreSQL only.
+    pub check_cache: Option<Arc<crate::services::check_cache::CheckCache>>,
 }
 
 /// A write transaction; on SQLite it also holds the in-process write lock.
@@ -99,6 +101,7 @@ impl State {
         let per_minute = NonZeroU32::new(config.limits.subscribe_per_ip_per_minute.max(1))
             .unwrap_or(NonZeroU32::MIN);
         let sqlite_write_lock = (!db::is_postgres(&db)).then(|| Arc::new(Mutex::new(())));
+        let check_cache = db::is_postgres(&db).then(Default::default);
         let mailchimp = MailchimpClient::from_config(&config)?.map(Arc::new);
         Ok(Self {
             templates: Templates::new()?,
@@ -122,6 +125,7 @@ impl State {
             signup_batch_failures: Default::default(),
             metrics: crate::metrics::Metrics::new(),
             mail_handoff: Default::default(),
+            check_cache,
         })
     }
 
@@ -134,6 +138,17 @@ impl State {
     /// 3,200–3,600 req/s at 8 connections; signups, once the mail worker
     /// let its jobs gather: 3,200–3,600 against 3,600–4,000 at 8 and
     /// 5,700–5,800 against 5,900 at 32).
+    /// Starts following the database for the bulk check's copy
+    /// (PostgreSQL; see `services::check_cache`).
+    pub fn start_check_cache(&self) {
+        if let Some(cache) = &self.check_cache {
+            tokio::spawn(crate::services::check_cache::run(
+                cache.clone(),
+                self.db.get_postgres_connection_pool().clone(),
+            ));
+        }
+    }
+
     pub fn start_batchers(self: &Arc<Self>) {
         let signups = self.batcher(1, |state, jobs| {
             Box::pin(async move { subscribe_batch(&state, jobs).await })

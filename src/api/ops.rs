@@ -55,6 +55,8 @@ impl OpsApi {
     /// hash or a token.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> MetricsResponse {
+        let copy = self.state.check_cache.as_ref().and_then(|c| c.held());
+        self.state.metrics.set_check_copy(copy);
         let text = self
             .state
             .metrics

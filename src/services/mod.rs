@@ -1,4 +1,5 @@
 //! The use cases. Nothing here knows about HTTP; SQL text stays in the stores.
+pub mod check_cache;
 pub mod confirm;
 pub mod consent;
 pub mod privacy;

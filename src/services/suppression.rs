@@ -309,16 +309,40 @@ impl CheckResult {
 /// its answer, or `None` where it is not a valid address. Answers in the
 /// order given.
 ///
-/// On PostgreSQL a large check goes in two halves, each parsed, hashed and
-/// looked up on a task of its own and on its own pooled connection: both
-/// cores parse and hash, and the database answers one half while the other
-/// is still being hashed.
+/// On PostgreSQL a serving process answers from its copy in memory once the
+/// copy has caught up with every change committed before the check began
+/// (`check_cache`); while it has none, or cannot tell, the database answers.
+/// There a large check goes in two halves, each parsed, hashed and looked up
+/// on a task of its own and on its own pooled connection: both cores parse
+/// and hash, and the database answers one half while the other is still
+/// being hashed.
 pub async fn check_addresses(
     state: &AppState,
     list: Option<&str>,
     mut emails: Vec<String>,
 ) -> Result<Vec<(String, Option<CheckResult>)>, DbErr> {
     let now = state.now();
+    if let Some(cache) = state.check_cache.as_ref().filter(|c| {
+        c.want();
+        c.is_ready()
+    }) {
+        let pool = state.db.get_postgres_connection_pool();
+        let (caught_up, hashed) = tokio::join!(cache.catch_up(pool), digest_all(state, emails));
+        let (emails, digests) = hashed?;
+        if caught_up && let Some(answers) = cache.answer(list, &digests, now) {
+            state.metrics.observe_check(true);
+            return Ok(emails.into_iter().zip(answers).collect());
+        }
+        state.metrics.observe_check(false);
+        let valid: Vec<String> = digests.iter().flatten().map(hex::encode).collect();
+        let mut answers = check_many(&state.db, list, &valid, now).await?.into_iter();
+        return Ok(emails
+            .into_iter()
+            .zip(digests)
+            .map(|(email, d)| (email, d.and_then(|_| answers.next())))
+            .collect());
+    }
+    state.metrics.observe_check(false);
     if state.db.get_database_backend() != DbBackend::Postgres || emails.len() < 1_000 {
         return check_run(state, list, emails, now).await;
     }
@@ -333,6 +357,41 @@ pub async fn check_addresses(
             .map_err(|e| DbErr::Custom(format!("the check's second half failed: {e}")))??,
     );
     Ok(out)
+}
+
+/// Parses and hashes addresses (raw hashes), `None` where not valid; a large
+/// run in two halves on two tasks, so that both cores do it.
+async fn digest_all(
+    state: &AppState,
+    mut emails: Vec<String>,
+) -> Result<(Vec<String>, Vec<Option<[u8; 32]>>), DbErr> {
+    fn digests(state: &AppState, emails: &[String]) -> Vec<Option<[u8; 32]>> {
+        emails
+            .iter()
+            .map(|e| {
+                EmailAddress::parse(e)
+                    .ok()
+                    .map(|a| state.keys.hasher.digest(&a))
+            })
+            .collect()
+    }
+    if emails.len() < 1_000 {
+        let d = digests(state, &emails);
+        return Ok((emails, d));
+    }
+    let back = emails.split_off(emails.len() / 2);
+    let other = state.clone();
+    let second = tokio::spawn(async move {
+        let d = digests(&other, &back);
+        (back, d)
+    });
+    let mut d = digests(state, &emails);
+    let (back, back_d) = second
+        .await
+        .map_err(|e| DbErr::Custom(format!("the check's second half failed: {e}")))?;
+    emails.extend(back);
+    d.extend(back_d);
+    Ok((emails, d))
 }
 
 /// Parses, hashes and checks one run of addresses with one statement.

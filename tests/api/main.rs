@@ -1,6 +1,7 @@
 //! listguard's integration tests: HTTP against a server on port 0, a real SMTP
 //! listener on loopback, SQLite by default and PostgreSQL when
 //! `LISTGUARD_TEST_DATABASE_URL` is set.
+mod check_cache;
 mod confirm;
 mod events;
 mod fake_mailchimp;

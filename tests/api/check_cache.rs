@@ -1,0 +1,303 @@
+//! The bulk check's copy in memory (PostgreSQL): every answer it gives must
+//! be the database's, whatever changed and whoever changed it.
+use std::time::Duration;
+
+use listguard::{domain::EmailAddress, services::suppression};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, second_list, spawn_app_with};
+
+/// An app with two lists whose copy is loaded; `None` on SQLite, which
+/// keeps no copy.
+async fn app_with_copy() -> Option<TestApp> {
+    let app = spawn_app_with(|c| c.lists.push(second_list())).await;
+    let Some(cache) = app.state.check_cache.clone() else {
+        assert!(!listguard::db::is_postgres(&app.state.db));
+        return None;
+    };
+    // A process loads its copy when the first check wants it.
+    cache.want();
+    assert!(
+        cache.wait_ready(true, Duration::from_secs(20)).await,
+        "the copy loads"
+    );
+    Some(app)
+}
+
+/// Checks `emails` over HTTP, and asserts that memory answered (or, with
+/// `from_memory` false, that it did not) and that the database, asked
+/// directly, gives the same answers. Returns the HTTP answers.
+async fn check(
+    app: &TestApp,
+    list: Option<&str>,
+    emails: &[&str],
+    from_memory: bool,
+) -> Vec<Value> {
+    let cache = app.state.check_cache.as_ref().unwrap();
+    let before = cache.answered();
+    let resp = app
+        .sender(Method::POST, "/v1/suppressions/check")
+        .json(&json!({"list": list, "emails": emails}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        cache.answered() - before,
+        u64::from(from_memory),
+        "answered from memory: {from_memory} expected"
+    );
+    let hashes: Vec<String> = emails
+        .iter()
+        .map(|e| app.state.keys.hasher.hash(&EmailAddress::parse(e).unwrap()))
+        .collect();
+    let db = suppression::check_many(&app.state.db, list, &hashes, app.clock_now())
+        .await
+        .unwrap();
+    let results = body["results"].as_array().unwrap().clone();
+    for ((r, d), email) in results.iter().zip(&db).zip(emails) {
+        let what = format!("{email} on {list:?}: {r}");
+        assert_eq!(r["suppressed"], d.suppressed, "{what}");
+        assert_eq!(r["reason"].as_str(), d.reason.as_deref(), "{what}");
+        assert_eq!(r["subscribed"], d.subscribed, "{what}");
+        assert_eq!(r["mailable"], d.mailable(), "{what}");
+        let expires = r["expires_at"]
+            .as_str()
+            .map(|t| t.parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+        assert_eq!(expires, d.expires_at, "{what}");
+    }
+    results
+}
+
+/// Every list filter, every address.
+async fn check_all(app: &TestApp, emails: &[&str]) -> [Vec<Value>; 3] {
+    [
+        check(app, None, emails, true).await,
+        check(app, Some("newsletter"), emails, true).await,
+        check(app, Some("events"), emails, true).await,
+    ]
+}
+
+#[tokio::test]
+async fn the_copy_follows_every_kind_of_change_whoever_makes_it() {
+    let Some(app) = app_with_copy().await else {
+        return;
+    };
+    let (a, b, c, d) = (
+        "Ann@Example.org",
+        "bo@example.org",
+        "cy@example.org",
+        "di@example.org",
+    );
+    let all = [a, b, c, d];
+    check_all(&app, &all).await;
+
+    // Confirmed, confirmed on the other list, pending.
+    app.subscribe_and_confirm(a).await;
+    let link = app.confirmation_link_for(b, "events").await;
+    assert_eq!(app.http.post(&link).send().await.unwrap().status(), 200);
+    assert_eq!(app.subscribe(c).await.status(), 202);
+    let [any, news, events] = check_all(&app, &all).await;
+    assert_eq!(news[0]["mailable"], true);
+    assert_eq!(events[1]["mailable"], true);
+    assert_eq!(news[1]["subscribed"], false);
+    assert_eq!(any[2]["subscribed"], false, "pending is not subscribed");
+
+    // One-click unsubscribe.
+    let url = app.unsubscribe_url("newsletter", a).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let [_, news, _] = check_all(&app, &all).await;
+    assert_eq!(news[0]["reason"], "unsubscribed");
+    assert_eq!(news[0]["subscribed"], false);
+
+    // An entry added and removed by hand, for all lists.
+    app.add_suppression(json!({"email": d, "reason": "complaint"}))
+        .await;
+    let [_, _, events] = check_all(&app, &all).await;
+    assert_eq!(events[3]["reason"], "complaint");
+    let resp = app
+        .admin(Method::DELETE, &format!("/v1/suppressions/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let [any, _, _] = check_all(&app, &all).await;
+    assert_eq!(any[3]["suppressed"], false);
+
+    // Restriction set and lifted.
+    for restricted in [true, false] {
+        let resp = app
+            .admin(Method::PATCH, &format!("/v1/subscribers/{b}"))
+            .json(&json!({"restricted": restricted}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let [_, _, events] = check_all(&app, &all).await;
+        assert_eq!(events[1]["mailable"], !restricted);
+    }
+
+    // Erasure.
+    let resp = app
+        .admin(Method::DELETE, &format!("/v1/subscribers/{b}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let [_, _, events] = check_all(&app, &all).await;
+    assert_eq!(events[1]["reason"], "erased");
+    assert_eq!(events[1]["subscribed"], false);
+
+    // Subscribing again (after the ten minutes between confirmation mails)
+    // lifts the unsubscribe entry.
+    app.clock.advance(chrono::Duration::minutes(11));
+    app.subscribe_and_confirm(a).await;
+    let [_, news, _] = check_all(&app, &all).await;
+    assert_eq!(news[0]["mailable"], true);
+
+    // Writes that bypass this process entirely, as another replica or a
+    // hand-run statement would make them.
+    let hash = |e: &str| app.state.keys.hasher.hash(&EmailAddress::parse(e).unwrap());
+    app.query(
+        "INSERT INTO suppressions (email_hash, scope, reason, source, created_at, expires_at) \
+         VALUES ($1, 'newsletter', 'bounce', 'admin', $2, $3)",
+        vec![
+            hash(c).into(),
+            app.clock_now().into(),
+            (app.clock_now() + chrono::Duration::days(30)).into(),
+        ],
+    )
+    .await;
+    app.query(
+        "UPDATE subscriptions SET status = 'confirmed' WHERE subscriber_id = \
+         (SELECT id FROM subscribers WHERE email_hash = $1)",
+        vec![hash(c).into()],
+    )
+    .await;
+    let [any, news, events] = check_all(&app, &all).await;
+    assert_eq!(news[2]["reason"], "bounce");
+    assert_eq!(any[2]["subscribed"], true);
+    assert_eq!(events[2]["suppressed"], false);
+    app.query(
+        "DELETE FROM subscribers WHERE email_hash = $1",
+        vec![hash(a).into()],
+    )
+    .await;
+    let [any, _, _] = check_all(&app, &all).await;
+    assert_eq!(any[0]["subscribed"], false);
+
+    // Time: the entry stops counting at its expiry, with nothing written.
+    app.clock.advance(chrono::Duration::days(31));
+    let [_, news, _] = check_all(&app, &all).await;
+    assert_eq!(news[2]["suppressed"], false);
+
+    // The purge deletes what expired; the answers stay the database's.
+    let resp = app
+        .admin(Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    check_all(&app, &all).await;
+
+    // Operators see where answers come from and how big the copy is.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("listguard_bulk_checks_total{by=\"memory\"}"),
+        "{metrics}"
+    );
+    let held = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("listguard_bulk_check_copy_addresses "))
+        .expect("the copy's size");
+    assert!(held.parse::<i64>().unwrap() >= 1, "{held}");
+}
+
+#[tokio::test]
+async fn a_lost_listener_sends_checks_to_the_database_until_a_new_copy_is_loaded() {
+    let Some(app) = app_with_copy().await else {
+        return;
+    };
+    let a = "lost@example.org";
+    app.subscribe_and_confirm(a).await;
+    check(&app, Some("newsletter"), &[a], true).await;
+
+    let killed = app
+        .query(
+            "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            vec![],
+        )
+        .await;
+    assert_eq!(killed.len(), 1, "one listener");
+    let cache = app.state.check_cache.clone().unwrap();
+    assert!(cache.wait_ready(false, Duration::from_secs(10)).await);
+
+    // A change the lost listener cannot hear of; the database answers.
+    let url = app.unsubscribe_url("newsletter", a).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let r = check(&app, Some("newsletter"), &[a], false).await;
+    assert_eq!(r[0]["reason"], "unsubscribed");
+
+    // A new listener loads a new copy, which has the change.
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    let r = check(&app, Some("newsletter"), &[a], true).await;
+    assert_eq!(r[0]["reason"], "unsubscribed");
+    assert_eq!(r[0]["subscribed"], false);
+}
+
+#[tokio::test]
+async fn a_check_never_answers_from_a_copy_behind_the_database() {
+    let Some(app) = app_with_copy().await else {
+        return;
+    };
+    let a = "behind@example.org";
+    app.subscribe_and_confirm(a).await;
+    let cache = app.state.check_cache.clone().unwrap();
+    let held = cache.hold_notices().await;
+    // The copy cannot apply this change while the notices are held: the
+    // check waits for its own notice, gives up and asks the database.
+    let url = app.unsubscribe_url("newsletter", a).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let r = check(&app, Some("newsletter"), &[a], false).await;
+    assert_eq!(r[0]["reason"], "unsubscribed");
+    drop(held);
+    let r = check(&app, Some("newsletter"), &[a], true).await;
+    assert_eq!(r[0]["reason"], "unsubscribed");
+}
+
+#[tokio::test]
+async fn the_copy_is_dropped_when_no_check_comes_and_loaded_again_for_the_next() {
+    let app = spawn_app_with(|_| {}).await;
+    let Some(cache) = app.state.check_cache.clone() else {
+        return;
+    };
+    let a = "idle@example.org";
+    app.subscribe_and_confirm(a).await;
+    assert!(!cache.is_ready(), "no copy before a check wants one");
+    cache.set_idle_after(Duration::from_secs(1));
+    cache.want();
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    assert!(
+        cache.wait_ready(false, Duration::from_secs(20)).await,
+        "dropped after a second without a check"
+    );
+    cache.set_idle_after(Duration::from_secs(300));
+    // The database answers the first check and the copy loads again for the
+    // next.
+    let r = check(&app, Some("newsletter"), &[a], false).await;
+    assert_eq!(r[0]["mailable"], true);
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    let r = check(&app, Some("newsletter"), &[a], true).await;
+    assert_eq!(r[0]["mailable"], true);
+}
