@@ -46,6 +46,20 @@ end
 LUA
 } >"$work/unsubscribe.lua"
 
+{ echo "$wrk_threads"; cat <<'LUA'
+-- The same bulk check (the JSON body in the file given) on every request.
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  local body = f:read("*a")
+  f:close()
+  req = wrk.format("POST", "/v1/suppressions/check", {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. args[2]}, body)
+end
+request = function()
+  return req
+end
+LUA
+} >"$work/check.lua"
+
 # lg_start BIN DATABASE_URL PORT LOG: starts the service in the background
 # (its pid in $lg_pid) and waits until it answers.
 lg_start() {
@@ -105,4 +119,46 @@ SQL
 lg_warm_up() {
   wrk -t2 -c32 -d5s -s "$work/subscribe.lua" "http://127.0.0.1:$1/v1/subscriptions" >/dev/null
   "${psql[@]}" -d "$2" -c "VACUUM (ANALYZE)" >/dev/null
+}
+
+# lg_seed_check DB PORT: for the bulk check, 10,000 addresses r-N@load.example.org
+# (a third confirmed subscribers of newsletter, a third suppressed for it, a
+# third unknown) amid 300,000 other confirmed subscribers and 300,000 other
+# entries; writes the request body to $work/check.json. Then waits until the
+# service on PORT answers a check from its copy in memory, that is until the
+# copy has caught up with the seeding.
+lg_seed_check() {
+  local db=$1 port=$2
+  "${psql[@]}" -d "$db" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE TEMP TABLE readers AS
+  SELECT g, e, encode(hmac(convert_to(lower(e), 'UTF8'), decode('$hash_key', 'base64'), 'sha256'), 'hex') AS h
+  FROM (SELECT g, 'r-' || g || '@load.example.org' AS e FROM generate_series(1, 10000) g) s;
+WITH people AS (
+  INSERT INTO subscribers (email, email_hash, locale, restricted, created_at, updated_at)
+  SELECT e, h, 'en', false, now(), now() FROM readers WHERE g % 3 = 0
+  UNION ALL
+  SELECT 'bg-' || g || '@load.example.org', md5('p' || g) || md5('q' || g), 'en', false, now(), now()
+  FROM generate_series(1, 300000) g
+  RETURNING id
+)
+INSERT INTO subscriptions (subscriber_id, list_slug, status, source, created_at, confirmed_at)
+SELECT id, 'newsletter', 'confirmed', 'load', now(), now() FROM people;
+INSERT INTO suppressions (email_hash, scope, reason, source, created_at, expires_at)
+SELECT h, 'newsletter', 'unsubscribed', 'admin', now(), now() + interval '30 days' FROM readers WHERE g % 3 = 1
+UNION ALL
+SELECT md5('s' || g) || md5('t' || g), 'newsletter', 'unsubscribed', 'admin', now(), now() + interval '30 days'
+FROM generate_series(1, 300000) g;
+SQL
+  "${psql[@]}" -d "$db" -c "VACUUM (ANALYZE)" >/dev/null
+  seq 1 10000 | jq -R '"r-" + . + "@load.example.org"' | jq -cs '{list: "newsletter", emails: .}' >"$work/check.json"
+  local memory
+  for _ in $(seq 1 120); do
+    curl -sf -o /dev/null -H "Authorization: Bearer $sender_key" -H 'content-type: application/json' \
+      --data-binary @"$work/check.json" "http://127.0.0.1:$port/v1/suppressions/check"
+    memory=$(curl -sf "http://127.0.0.1:$port/metrics" | sed -n 's/^listguard_bulk_checks_total{by="memory"} //p')
+    [ "${memory:-0}" -gt 0 ] && return 0
+  done
+  echo "lg_seed_check: the service never answered a check from memory" >&2
+  return 1
 }

@@ -9,8 +9,12 @@
 #                confirmed subscriber, a different one per request, on
 #                PostgreSQL; the subscribers are seeded with SQL beforehand
 #                and their links fetched from /v1/unsubscribe-links
+#   check        POST /v1/suppressions/check with the same 10,000 addresses
+#                each request, at 2 and 8 connections, on PostgreSQL, amid
+#                300,000 other subscribers and entries; reported also as
+#                addresses a second
 #
-#   benches/load.sh [SECONDS] [subscribe|unsubscribe|all]   (15 s, all)
+#   benches/load.sh [SECONDS] [subscribe|unsubscribe|check|all]   (15 s, all)
 #   LISTGUARD_LOAD_BIN=path/to/listguard benches/load.sh ...   (that build)
 #   LISTGUARD_LOAD_BACKENDS=postgres benches/load.sh ...       (one backend)
 #
@@ -21,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
 scenario=${2:-all}
-case "$scenario" in subscribe|unsubscribe|all) ;; *) echo "load.sh: unknown scenario $scenario" >&2; exit 2 ;; esac
+case "$scenario" in subscribe|unsubscribe|check|all) ;; *) echo "load.sh: unknown scenario $scenario" >&2; exit 2 ;; esac
 ceiling=../shared/bench/pg-ceiling
 command -v wrk >/dev/null || { echo "load.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "load.sh: needs jq (apt-get install jq)" >&2; exit 1; }
@@ -70,6 +74,8 @@ run_wrk() { # $1 = scenario, $2 = connections -> prints "rps p50 p99 non2xx cpu_
   t0=$(busy_ticks)
   if [ "$1" = subscribe ]; then
     out=$(wrk -t2 -c"$2" -d"${secs}s" --latency -s "$work/subscribe.lua" "http://127.0.0.1:$port/v1/subscriptions")
+  elif [ "$1" = check ]; then
+    out=$(wrk -t2 -c"$2" -d"${secs}s" --latency --timeout 10s -s "$work/check.lua" "http://127.0.0.1:$port" -- "$work/check.json" "$sender_key")
   else
     out=$(wrk -t2 -c"$2" -d"${secs}s" --latency -s "$work/unsubscribe.lua" "http://127.0.0.1:$port" -- "$work/paths-$2.txt" 2 0)
   fi
@@ -101,8 +107,9 @@ bracket_and_ratio() { # backend scenario before after: fills in the ratio of tho
 
 for backend in ${LISTGUARD_LOAD_BACKENDS:-sqlite postgres}; do
   scenarios=()
-  [ "$scenario" != unsubscribe ] && scenarios+=(subscribe)
-  [ "$scenario" != subscribe ] && [ "$backend" = postgres ] && scenarios+=(unsubscribe)
+  { [ "$scenario" = subscribe ] || [ "$scenario" = all ]; } && scenarios+=(subscribe)
+  { [ "$scenario" = unsubscribe ] || [ "$scenario" = all ]; } && [ "$backend" = postgres ] && scenarios+=(unsubscribe)
+  { [ "$scenario" = check ] || [ "$scenario" = all ]; } && [ "$backend" = postgres ] && scenarios+=(check)
   [ ${#scenarios[@]} -gt 0 ] || continue
   if [ "$backend" = sqlite ]; then
     url="sqlite://$work/bench.db?mode=rwc"
@@ -126,7 +133,15 @@ for backend in ${LISTGUARD_LOAD_BACKENDS:-sqlite postgres}; do
   # sets off (max_wal_size).
   before=$("$ceiling" 20 | sed -n 's/^pg_ceiling_tps=//p')
   for sc in "${scenarios[@]}"; do
-    for c in 8 32; do
+    conns="8 32"
+    if [ "$sc" = check ]; then
+      # 10,000 addresses a request: a few at once keep both cores busy.
+      conns="2 8"
+      # Seeded only now: the service keeps its copy in memory while checks
+      # come, and the other scenarios run without one, as they would.
+      lg_seed_check "$pg_db" "$port"
+    fi
+    for c in $conns; do
       read -r rps p50 p99 non2xx cpu < <(run_wrk "$sc" "$c")
       record "$backend" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx" "$cpu"
     done
@@ -145,3 +160,8 @@ for r in "${results[@]}"; do
   read -r b sc c rps p50 p99 non2xx cpu ceil ratio <<<"$r"
   printf '%-9s %-12s %5s %10s %9s %9s %8s %8s %13s %6s\n' "$b" "$sc" "$c" "$rps" "$p50" "$p99" "$non2xx" "$cpu" "$ceil" "$ratio"
 done
+for r in "${results[@]}"; do
+  read -r b sc c rps rest <<<"$r"
+  [ "$sc" = check ] && awk -v c="$c" -v r="$rps" 'BEGIN { printf "check at %s connections: %.0f addresses/s (10,000 a request)\n", c, r * 10000 }'
+done
+true
