@@ -170,6 +170,12 @@ impl Metrics {
         self.checks.get_or_create(&AnsweredByLabels { by }).inc();
     }
 
+    /// Bulk checks answered so far from memory (`true`) or by the database.
+    pub fn checks_answered(&self, from_memory: bool) -> u64 {
+        let by = if from_memory { "memory" } else { "database" };
+        self.checks.get_or_create(&AnsweredByLabels { by }).get()
+    }
+
     /// The size of the bulk check's copy, `None` while there is none.
     pub fn set_check_copy(&self, addresses: Option<usize>) {
         self.check_copy_addresses

@@ -42,33 +42,29 @@ const UP: &[&str] = &[
        IF TG_OP <> 'DELETE' THEN PERFORM pg_notify('listguard_check', 'i' || NEW.subscriber_id); END IF;
        RETURN NULL;
      END $$",
-    "CREATE OR REPLACE FUNCTION listguard_notice_old_hashes() RETURNS trigger LANGUAGE plpgsql AS $$
+    // One function for inserted and deleted rows alike: each trigger names
+    // its transition table `changed_rows`.
+    "CREATE OR REPLACE FUNCTION listguard_notice_hashes() RETURNS trigger LANGUAGE plpgsql AS $$
      BEGIN
        PERFORM pg_notify('listguard_check', 'h' || string_agg(email_hash, ','))
-         FROM (SELECT email_hash, (row_number() OVER ()) / 100 AS k FROM old_rows) c GROUP BY k;
-       RETURN NULL;
-     END $$",
-    "CREATE OR REPLACE FUNCTION listguard_notice_new_hashes() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-       PERFORM pg_notify('listguard_check', 'h' || string_agg(email_hash, ','))
-         FROM (SELECT email_hash, (row_number() OVER ()) / 100 AS k FROM new_rows) c GROUP BY k;
+         FROM (SELECT email_hash, (row_number() OVER ()) / 100 AS k FROM changed_rows) c GROUP BY k;
        RETURN NULL;
      END $$",
     "CREATE OR REPLACE FUNCTION listguard_notice_old_confirmed() RETURNS trigger LANGUAGE plpgsql AS $$
      BEGIN
        PERFORM pg_notify('listguard_check', 'i' || string_agg(subscriber_id::text, ','))
-         FROM (SELECT subscriber_id, (row_number() OVER ()) / 100 AS k FROM old_rows
+         FROM (SELECT subscriber_id, (row_number() OVER ()) / 100 AS k FROM changed_rows
                WHERE status = 'confirmed') c GROUP BY k;
        RETURN NULL;
      END $$",
     "CREATE TRIGGER listguard_check_suppressions_insert AFTER INSERT ON suppressions \
-     REFERENCING NEW TABLE AS new_rows \
-     FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_new_hashes()",
+     REFERENCING NEW TABLE AS changed_rows \
+     FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_hashes()",
     "CREATE TRIGGER listguard_check_suppressions_update AFTER UPDATE ON suppressions \
      FOR EACH ROW EXECUTE FUNCTION listguard_notice_hash()",
     "CREATE TRIGGER listguard_check_suppressions_delete AFTER DELETE ON suppressions \
-     REFERENCING OLD TABLE AS old_rows \
-     FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_old_hashes()",
+     REFERENCING OLD TABLE AS changed_rows \
+     FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_hashes()",
     "CREATE TRIGGER listguard_check_subscribers_insert AFTER INSERT ON subscribers \
      FOR EACH ROW WHEN (NEW.restricted) EXECUTE FUNCTION listguard_notice_hash()",
     "CREATE TRIGGER listguard_check_subscribers_update AFTER UPDATE ON subscribers \
@@ -76,8 +72,8 @@ const UP: &[&str] = &[
        OR OLD.restricted IS DISTINCT FROM NEW.restricted) \
      EXECUTE FUNCTION listguard_notice_hash()",
     "CREATE TRIGGER listguard_check_subscribers_delete AFTER DELETE ON subscribers \
-     REFERENCING OLD TABLE AS old_rows \
-     FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_old_hashes()",
+     REFERENCING OLD TABLE AS changed_rows \
+     FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_hashes()",
     "CREATE TRIGGER listguard_check_subscriptions_insert AFTER INSERT ON subscriptions \
      FOR EACH ROW WHEN (NEW.status = 'confirmed') EXECUTE FUNCTION listguard_notice_subscriber()",
     "CREATE TRIGGER listguard_check_subscriptions_update AFTER UPDATE ON subscriptions \
@@ -87,7 +83,7 @@ const UP: &[&str] = &[
          OR OLD.subscriber_id IS DISTINCT FROM NEW.subscriber_id)) \
      EXECUTE FUNCTION listguard_notice_subscriber()",
     "CREATE TRIGGER listguard_check_subscriptions_delete AFTER DELETE ON subscriptions \
-     REFERENCING OLD TABLE AS old_rows \
+     REFERENCING OLD TABLE AS changed_rows \
      FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_old_confirmed()",
 ];
 
@@ -102,8 +98,7 @@ const DOWN: &[&str] = &[
     "DROP TRIGGER IF EXISTS listguard_check_suppressions_update ON suppressions",
     "DROP TRIGGER IF EXISTS listguard_check_suppressions_insert ON suppressions",
     "DROP FUNCTION IF EXISTS listguard_notice_old_confirmed()",
-    "DROP FUNCTION IF EXISTS listguard_notice_new_hashes()",
-    "DROP FUNCTION IF EXISTS listguard_notice_old_hashes()",
+    "DROP FUNCTION IF EXISTS listguard_notice_hashes()",
     "DROP FUNCTION IF EXISTS listguard_notice_subscriber()",
     "DROP FUNCTION IF EXISTS listguard_notice_hash()",
 ];

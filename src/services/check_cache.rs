@@ -213,8 +213,6 @@ pub struct CheckCache {
     table: RwLock<Option<Table>>,
     progress: watch::Sender<Progress>,
     next_notice: AtomicU64,
-    /// Checks answered from memory (tests and benches tell the paths apart).
-    answered: AtomicU64,
     /// Tells this process's notices from those of other processes.
     tag: String,
     /// Held by tests to keep the listener from applying notices.
@@ -240,7 +238,6 @@ impl CheckCache {
             table: RwLock::new(None),
             progress: watch::Sender::new(Progress::default()),
             next_notice: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
             tag: uuid::Uuid::new_v4().simple().to_string(),
             gate: tokio::sync::Mutex::new(()),
             wanted: tokio::sync::Notify::new(),
@@ -301,11 +298,6 @@ impl CheckCache {
         self.gate.lock().await
     }
 
-    /// How many checks have been answered from memory.
-    pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Table>> {
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -350,7 +342,6 @@ impl CheckCache {
     ) -> Option<Vec<Option<CheckResult>>> {
         let guard = self.read();
         let table = guard.as_ref()?;
-        self.answered.fetch_add(1, Ordering::Relaxed);
         Some(
             digests
                 .iter()

@@ -322,25 +322,20 @@ pub async fn check_addresses(
     mut emails: Vec<String>,
 ) -> Result<Vec<(String, Option<CheckResult>)>, DbErr> {
     let now = state.now();
-    if let Some(cache) = state.check_cache.as_ref().filter(|c| {
-        c.want();
-        c.is_ready()
-    }) {
-        let pool = state.db.get_postgres_connection_pool();
-        let (caught_up, hashed) = tokio::join!(cache.catch_up(pool), digest_all(state, emails));
-        let (emails, digests) = hashed?;
-        if caught_up && let Some(answers) = cache.answer(list, &digests, now) {
-            state.metrics.observe_check(true);
-            return Ok(emails.into_iter().zip(answers).collect());
+    if let Some(cache) = &state.check_cache {
+        cache.want();
+        if cache.is_ready() {
+            let pool = state.db.get_postgres_connection_pool();
+            let (caught_up, hashed) = tokio::join!(cache.catch_up(pool), digest_all(state, emails));
+            let (emails, digests) = hashed?;
+            if caught_up && let Some(answers) = cache.answer(list, &digests, now) {
+                state.metrics.observe_check(true);
+                return Ok(emails.into_iter().zip(answers).collect());
+            }
+            state.metrics.observe_check(false);
+            let hashes = digests.iter().map(|d| d.map(hex::encode)).collect();
+            return ask_database(state, list, emails, hashes, now).await;
         }
-        state.metrics.observe_check(false);
-        let valid: Vec<String> = digests.iter().flatten().map(hex::encode).collect();
-        let mut answers = check_many(&state.db, list, &valid, now).await?.into_iter();
-        return Ok(emails
-            .into_iter()
-            .zip(digests)
-            .map(|(email, d)| (email, d.and_then(|_| answers.next())))
-            .collect());
     }
     state.metrics.observe_check(false);
     if state.db.get_database_backend() != DbBackend::Postgres || emails.len() < 1_000 {
@@ -359,33 +354,35 @@ pub async fn check_addresses(
     Ok(out)
 }
 
+/// Each address parsed and hashed (raw), `None` where it is not valid.
+fn digest_each(state: &AppState, emails: &[String]) -> Vec<Option<[u8; 32]>> {
+    emails
+        .iter()
+        .map(|e| {
+            EmailAddress::parse(e)
+                .ok()
+                .map(|a| state.keys.hasher.digest(&a))
+        })
+        .collect()
+}
+
 /// Parses and hashes addresses (raw hashes), `None` where not valid; a large
 /// run in two halves on two tasks, so that both cores do it.
 async fn digest_all(
     state: &AppState,
     mut emails: Vec<String>,
 ) -> Result<(Vec<String>, Vec<Option<[u8; 32]>>), DbErr> {
-    fn digests(state: &AppState, emails: &[String]) -> Vec<Option<[u8; 32]>> {
-        emails
-            .iter()
-            .map(|e| {
-                EmailAddress::parse(e)
-                    .ok()
-                    .map(|a| state.keys.hasher.digest(&a))
-            })
-            .collect()
-    }
     if emails.len() < 1_000 {
-        let d = digests(state, &emails);
+        let d = digest_each(state, &emails);
         return Ok((emails, d));
     }
     let back = emails.split_off(emails.len() / 2);
     let other = state.clone();
     let second = tokio::spawn(async move {
-        let d = digests(&other, &back);
+        let d = digest_each(&other, &back);
         (back, d)
     });
-    let mut d = digests(state, &emails);
+    let mut d = digest_each(state, &emails);
     let (back, back_d) = second
         .await
         .map_err(|e| DbErr::Custom(format!("the check's second half failed: {e}")))?;
@@ -401,14 +398,22 @@ async fn check_run(
     emails: Vec<String>,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, Option<CheckResult>)>, DbErr> {
-    let hashes: Vec<Option<String>> = emails
-        .iter()
-        .map(|e| {
-            EmailAddress::parse(e)
-                .ok()
-                .map(|a| state.keys.hasher.hash(&a))
-        })
+    let hashes = digest_each(state, &emails)
+        .into_iter()
+        .map(|d| d.map(hex::encode))
         .collect();
+    ask_database(state, list, emails, hashes, now).await
+}
+
+/// The database's answers for addresses and their hashes (`None` where the
+/// address is not valid), in the order given.
+async fn ask_database(
+    state: &AppState,
+    list: Option<&str>,
+    emails: Vec<String>,
+    hashes: Vec<Option<String>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, Option<CheckResult>)>, DbErr> {
     let valid: Vec<&str> = hashes.iter().flatten().map(String::as_str).collect();
     let mut answers = check_many(&state.db, list, &valid, now).await?.into_iter();
     Ok(emails

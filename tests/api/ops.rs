@@ -47,12 +47,12 @@ async fn a_configuration_made_in_code_is_checked_as_a_loaded_one_is() {
 
 /// The value of one sample line of `/metrics`, by its name and labels as
 /// written there.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn scrape(app: &crate::helpers::TestApp) -> String {
+pub(crate) async fn scrape(app: &crate::helpers::TestApp) -> String {
     let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(

@@ -63,7 +63,7 @@ impl TestApp {
         resp.json().await.unwrap()
     }
 
-    async fn patch(&self, email: &str, body: Value) -> reqwest::Response {
+    pub(crate) async fn patch(&self, email: &str, body: Value) -> reqwest::Response {
         self.admin(Method::PATCH, &format!("/v1/subscribers/{email}"))
             .json(&body)
             .send()
@@ -71,7 +71,7 @@ impl TestApp {
             .unwrap()
     }
 
-    async fn erase(&self, email: &str) -> Value {
+    pub(crate) async fn erase(&self, email: &str) -> Value {
         let resp = self
             .admin(Method::DELETE, &format!("/v1/subscribers/{email}"))
             .send()
