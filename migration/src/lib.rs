@@ -14,6 +14,7 @@ mod m20261124_000008_hash_columns_binary_collation;
 mod m20261124_000009_hash_probe_indexes;
 mod m20261125_000001_tokens_lean_indexes;
 mod m20261125_000002_check_change_notices;
+mod m20261125_000003_check_notices_only_while_listened;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000009_hash_probe_indexes::Migration),
             Box::new(m20261125_000001_tokens_lean_indexes::Migration),
             Box::new(m20261125_000002_check_change_notices::Migration),
+            Box::new(m20261125_000003_check_notices_only_while_listened::Migration),
         ]
     }
 }

@@ -25,11 +25,11 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// Statement-level: one notice per 100 rows a statement changed, each a
-/// comma-separated run. The unsubscribe statements and the purge change rows
-/// in batches; a notice per row cost them a fifth of their throughput
-/// (docs/performance.md).
-const UP: &[&str] = &[
+/// The four functions the triggers call. Statement-level ones send one notice per 100
+/// rows a statement changed, each a comma-separated run: the unsubscribe
+/// statements and the purge change rows in batches, and a notice per row
+/// cost them a fifth of their throughput (docs/performance.md).
+pub(crate) const FUNCTIONS: [&str; 4] = [
     "CREATE OR REPLACE FUNCTION listguard_notice_hash() RETURNS trigger LANGUAGE plpgsql AS $$
      BEGIN
        IF TG_OP <> 'INSERT' THEN PERFORM pg_notify('listguard_check', 'h' || OLD.email_hash); END IF;
@@ -57,6 +57,11 @@ const UP: &[&str] = &[
                WHERE status = 'confirmed') c GROUP BY k;
        RETURN NULL;
      END $$",
+];
+
+/// The triggers (since `m20261125_000003` they exist only while some
+/// process follows the notices).
+pub(crate) const TRIGGERS: [&str; 9] = [
     "CREATE TRIGGER listguard_check_suppressions_insert AFTER INSERT ON suppressions \
      REFERENCING NEW TABLE AS changed_rows \
      FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_hashes()",
@@ -87,7 +92,7 @@ const UP: &[&str] = &[
      FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_old_confirmed()",
 ];
 
-const DOWN: &[&str] = &[
+pub(crate) const DROP_TRIGGERS: [&str; 9] = [
     "DROP TRIGGER IF EXISTS listguard_check_subscriptions_delete ON subscriptions",
     "DROP TRIGGER IF EXISTS listguard_check_subscriptions_update ON subscriptions",
     "DROP TRIGGER IF EXISTS listguard_check_subscriptions_insert ON subscriptions",
@@ -97,6 +102,9 @@ const DOWN: &[&str] = &[
     "DROP TRIGGER IF EXISTS listguard_check_suppressions_delete ON suppressions",
     "DROP TRIGGER IF EXISTS listguard_check_suppressions_update ON suppressions",
     "DROP TRIGGER IF EXISTS listguard_check_suppressions_insert ON suppressions",
+];
+
+const DROP_FUNCTIONS: &[&str] = &[
     "DROP FUNCTION IF EXISTS listguard_notice_old_confirmed()",
     "DROP FUNCTION IF EXISTS listguard_notice_hashes()",
     "DROP FUNCTION IF EXISTS listguard_notice_subscriber()",
@@ -106,10 +114,12 @@ const DOWN: &[&str] = &[
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        crate::on_postgres_only(m, UP.iter().map(|s| String::from(*s)).collect()).await
+        let up = FUNCTIONS.iter().chain(&TRIGGERS);
+        crate::on_postgres_only(m, up.map(|s| String::from(*s)).collect()).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        crate::on_postgres_only(m, DOWN.iter().map(|s| String::from(*s)).collect()).await
+        let down = DROP_TRIGGERS.iter().chain(DROP_FUNCTIONS);
+        crate::on_postgres_only(m, down.map(|s| String::from(*s)).collect()).await
     }
 }

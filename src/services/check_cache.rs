@@ -24,8 +24,16 @@
 //!   everything before it. Every change committed before the check began
 //!   comes before that notice, so the answer is at least as new as the
 //!   moment the check began: the same guarantee as asking the database.
-//! - LISTEN is in place before the full load reads the tables, so a change
-//!   either is in what the load read or comes as a notice after it.
+//! - The triggers exist only while some process holds a lease (migration
+//!   `m20261125_000003`): they cost writers a tenth of their throughput
+//!   even when nobody listens. A listener LISTENs, then raises its lease,
+//!   which creates the triggers if they are missing; `CREATE TRIGGER` waits
+//!   for every transaction that has written the table. Only then does it
+//!   load the tables, so a change either is in what the load read or comes
+//!   as a notice after it. It renews the lease while it keeps the copy,
+//!   answers only while its lease holds, and drops the copy if the lease
+//!   ever lapsed. Whoever drops a copy ends its lease, and the last lease to
+//!   end drops the triggers.
 //! - If the listening connection fails, the copy is dropped and checks ask
 //!   the database until a new listener has loaded a new one; a check whose
 //!   notice does not come back within [`SYNC_TIMEOUT`] asks the database too.
@@ -66,6 +74,12 @@ const IDLE_AFTER: Duration = Duration::from_secs(300);
 
 /// Notices applied at once when no check is waiting.
 const APPLY_AT: usize = 5_000;
+
+/// How long a raised lease holds, how often it is renewed, and how long
+/// before it ends this process stops counting on it.
+const LEASE: Duration = Duration::from_secs(60);
+const LEASE_RENEW: Duration = Duration::from_secs(15);
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// A raw address hash (HMAC-SHA256).
 pub type Digest = [u8; 32];
@@ -224,6 +238,9 @@ pub struct CheckCache {
     born: std::time::Instant,
     /// [`IDLE_AFTER`], in ms; tests shorten it.
     idle_ms: AtomicU64,
+    /// Until when, in ms since `born`, the notices are sure to be sent;
+    /// 0 without a lease.
+    lease_ms: AtomicU64,
 }
 
 impl Default for CheckCache {
@@ -244,6 +261,7 @@ impl CheckCache {
             last_wanted: AtomicU64::new(0),
             born: std::time::Instant::now(),
             idle_ms: AtomicU64::new(IDLE_AFTER.as_millis() as u64),
+            lease_ms: AtomicU64::new(0),
         }
     }
 
@@ -274,6 +292,37 @@ impl CheckCache {
     /// Whether checks can be answered from memory right now.
     pub fn is_ready(&self) -> bool {
         self.progress.borrow().ready
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Whether this process's lease holds: every writer sends its notices.
+    fn leased(&self) -> bool {
+        self.now_ms() < self.lease_ms.load(Ordering::Relaxed)
+    }
+
+    /// Raises or renews the lease, and with it the triggers. `false` if the
+    /// lease this process held had lapsed before it was renewed: another
+    /// process may have dropped the triggers in between.
+    async fn raise_lease(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
+        let asked = self.now_ms();
+        sqlx::query("SELECT listguard_check_follow($1, $2)")
+            .bind(&self.tag)
+            .bind(LEASE.as_millis() as i64)
+            .execute(pool)
+            .await?;
+        let held = self.lease_ms.load(Ordering::Relaxed);
+        if held != 0 && self.now_ms() >= held {
+            self.lease_ms.store(0, Ordering::Relaxed);
+            return Ok(false);
+        }
+        // The lease runs from the database's clock when the statement ran,
+        // which is after `asked`.
+        let until = asked + (LEASE - LEASE_MARGIN).as_millis() as u64;
+        self.lease_ms.store(until, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Waits until the copy is (`true`) or is not (`false`) loaded and
@@ -310,7 +359,7 @@ impl CheckCache {
     /// before it is applied. `false`: ask the database instead.
     pub async fn catch_up(&self, pool: &PgPool) -> bool {
         let start = *self.progress.borrow();
-        if !start.ready {
+        if !start.ready || !self.leased() {
             return false;
         }
         let n = self.next_notice.fetch_add(1, Ordering::Relaxed) + 1;
@@ -330,6 +379,7 @@ impl CheckCache {
         )
         .await;
         matches!(waited, Ok(Ok(p)) if p.epoch == start.epoch && p.ready && p.seen >= n)
+            && self.leased()
     }
 
     /// Answers from memory, in the order given (`None` where the address was
@@ -394,16 +444,23 @@ impl Pending {
 /// waits and starts again. Ends when the database pool is closed.
 pub async fn run(cache: Arc<CheckCache>, pool: PgPool) {
     let mut pause = Duration::from_millis(500);
+    // Triggers left by a process that stopped without ending its lease go
+    // once that lease has run out.
+    release(&pool, None).await;
     loop {
         while !cache.wanted_recently() {
             cache.wanted.notified().await;
         }
         let outcome = follow(&cache, &pool).await;
+        cache.lease_ms.store(0, Ordering::Relaxed);
         *cache.write() = None;
         cache.publish(|p| {
             p.ready = false;
             p.epoch += 1;
         });
+        if !matches!(outcome, Err(sqlx::Error::PoolClosed)) {
+            release(&pool, Some(&cache.tag)).await;
+        }
         match outcome {
             Ok(Ended::Idle) => {
                 tracing::info!("no bulk check for a while: the copy in memory is dropped");
@@ -412,11 +469,16 @@ pub async fn run(cache: Arc<CheckCache>, pool: PgPool) {
             }
             Err(sqlx::Error::PoolClosed) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "the bulk check's copy lost its listener; checks ask the database until it is rebuilt");
+                tracing::warn!(error = %e, "the bulk check's copy failed; checks ask the database until it is rebuilt");
             }
             Ok(Ended::Lost) => {
                 tracing::warn!(
                     "the bulk check's listener was disconnected; checks ask the database until it is rebuilt"
+                );
+            }
+            Ok(Ended::Lapsed) => {
+                tracing::warn!(
+                    "the bulk check's lease could not be renewed in time; checks ask the database until the copy is rebuilt"
                 );
             }
         }
@@ -431,6 +493,20 @@ enum Ended {
     Lost,
     /// No check wanted the copy for [`IDLE_AFTER`].
     Idle,
+    /// Its lease was not renewed in time.
+    Lapsed,
+}
+
+/// Ends this process's lease (`None`: none) and those run out; the last
+/// lease to end drops the triggers.
+async fn release(pool: &PgPool, tag: Option<&str>) {
+    let released = sqlx::query("SELECT listguard_check_release($1)")
+        .bind(tag)
+        .execute(pool)
+        .await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "the bulk check's lease could not be ended; its triggers stay until a later try");
+    }
 }
 
 /// What the reading task passes on: a notice's payload, or the end of the
@@ -439,10 +515,21 @@ type Received = Result<Option<String>, sqlx::Error>;
 
 /// One listener's life: returns when its connection is lost, or when no
 /// check has wanted the copy for a while.
-async fn follow(cache: &CheckCache, pool: &PgPool) -> Result<Ended, sqlx::Error> {
+async fn follow(cache: &Arc<CheckCache>, pool: &PgPool) -> Result<Ended, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
+    cache.lease_ms.store(0, Ordering::Relaxed);
+    cache.raise_lease(pool).await?;
+    // Renewed from a task of its own, so that a long load does not let it lapse.
+    let (lapse_tx, mut lapsed) = tokio::sync::oneshot::channel::<()>();
+    let _renewer = AbortOnDrop(tokio::spawn({
+        let (cache, pool) = (Arc::clone(cache), pool.clone());
+        async move {
+            keep_lease(&cache, &pool).await;
+            let _ = lapse_tx.send(());
+        }
+    }));
     // A task of its own reads the connection and is never cancelled in the
     // middle of a message; this one takes the notices in runs from the
     // channel, without waiting for more than the first of each run.
@@ -487,8 +574,11 @@ async fn follow(cache: &CheckCache, pool: &PgPool) -> Result<Ended, sqlx::Error>
         "the bulk check answers from memory"
     );
     let mut pending = Pending::default();
-    let idle_ms = cache.idle_ms.load(Ordering::Relaxed).max(20);
-    let mut idle_check = tokio::time::interval(Duration::from_millis(idle_ms / 2));
+    // At least once a second, so that a shorter idle time set meanwhile
+    // (tests) counts.
+    let idle_ms = cache.idle_ms.load(Ordering::Relaxed);
+    let mut idle_check =
+        tokio::time::interval(Duration::from_millis((idle_ms / 2).clamp(10, 1000)));
     loop {
         let received = tokio::select! {
             r = rx.recv() => r,
@@ -498,6 +588,7 @@ async fn follow(cache: &CheckCache, pool: &PgPool) -> Result<Ended, sqlx::Error>
                 }
                 continue;
             }
+            _ = &mut lapsed => return Ok(Ended::Lapsed),
         };
         let first = match received {
             Some(Ok(Some(payload))) => payload,
@@ -525,6 +616,24 @@ async fn follow(cache: &CheckCache, pool: &PgPool) -> Result<Ended, sqlx::Error>
         if let Some(n) = run.seen {
             cache.publish(|p| p.seen = p.seen.max(n));
         }
+    }
+}
+
+/// Renews the lease every [`LEASE_RENEW`]; returns once it has lapsed
+/// (a failed renewal is tried again each second until then).
+async fn keep_lease(cache: &CheckCache, pool: &PgPool) {
+    let mut wait = LEASE_RENEW;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = match cache.raise_lease(pool).await {
+            Ok(true) => LEASE_RENEW,
+            Ok(false) => return,
+            Err(e) if cache.leased() => {
+                tracing::warn!(error = %e, "the bulk check's lease could not be renewed; trying again");
+                Duration::from_secs(1)
+            }
+            Err(_) => return,
+        };
     }
 }
 

@@ -282,3 +282,170 @@ async fn the_copy_is_dropped_when_no_check_comes_and_loaded_again_for_the_next()
     let r = check(&app, Some("newsletter"), &[a], true).await;
     assert_eq!(r[0]["mailable"], true);
 }
+
+/// Adds a `bounce` entry for `email` on the newsletter by plain SQL, in
+/// `conn`'s transaction.
+async fn insert_bounce(app: &TestApp, conn: &impl sea_orm::ConnectionTrait, email: &str) {
+    let hash = app
+        .state
+        .keys
+        .hasher
+        .hash(&EmailAddress::parse(email).unwrap());
+    let now = app.clock_now();
+    conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "INSERT INTO suppressions (email_hash, scope, reason, source, created_at, expires_at) \
+         VALUES ($1, 'newsletter', 'bounce', 'admin', $2, $3)",
+        vec![
+            hash.into(),
+            now.into(),
+            (now + chrono::Duration::days(30)).into(),
+        ],
+    ))
+    .await
+    .unwrap();
+}
+
+/// The notices on the check's channel up to a marker sent after them.
+async fn notices_until_marker(
+    app: &TestApp,
+    listener: &mut sea_orm::sqlx::postgres::PgListener,
+    marker: &str,
+) -> Vec<String> {
+    app.query(
+        "SELECT pg_notify($1, $2)",
+        vec![
+            listguard::services::check_cache::CHANNEL.into(),
+            marker.into(),
+        ],
+    )
+    .await;
+    let mut got = Vec::new();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("the marker comes back")
+            .unwrap();
+        if n.payload() == marker {
+            return got;
+        }
+        got.push(n.payload().to_string());
+    }
+}
+
+#[tokio::test]
+async fn writers_send_notices_only_while_some_process_keeps_a_copy() {
+    let app = spawn_app_with(|_| {}).await;
+    let Some(cache) = app.state.check_cache.clone() else {
+        return;
+    };
+    let pool = app.state.db.get_postgres_connection_pool();
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .unwrap();
+    listener
+        .listen(listguard::services::check_cache::CHANNEL)
+        .await
+        .unwrap();
+    let (a, b) = ("quiet@example.org", "heard@example.org");
+
+    // No copy anywhere: confirming and unsubscribing send nothing.
+    app.subscribe_and_confirm(a).await;
+    app.subscribe_and_confirm(b).await;
+    let url = app.unsubscribe_url("newsletter", a).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let got = notices_until_marker(&app, &mut listener, "one").await;
+    assert!(got.is_empty(), "{got:?}");
+
+    // Once a copy is kept, the same change is announced.
+    cache.want();
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    let url = app.unsubscribe_url("newsletter", b).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let got = notices_until_marker(&app, &mut listener, "two").await;
+    assert!(
+        got.iter().any(|n| n.starts_with('h')) && got.iter().any(|n| n.starts_with('i')),
+        "{got:?}"
+    );
+    let r = check(&app, Some("newsletter"), &[a, b], true).await;
+    assert_eq!(r[1]["reason"], "unsubscribed");
+
+    // Once the copy is dropped and no other process keeps one, the
+    // triggers go and writers are quiet again.
+    cache.set_idle_after(Duration::from_millis(200));
+    assert!(cache.wait_ready(false, Duration::from_secs(20)).await);
+    let triggers = || async {
+        let rows = app
+            .query(
+                "SELECT count(*) AS n FROM pg_trigger WHERE tgname LIKE 'listguard_check_%'",
+                vec![],
+            )
+            .await;
+        rows[0].try_get::<i64>("", "n").unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while triggers().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the triggers are dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = "after@example.org";
+    app.subscribe_and_confirm(c).await;
+    let url = app.unsubscribe_url("newsletter", c).await;
+    assert_eq!(app.one_click(&url).await.status(), 200);
+    let got = notices_until_marker(&app, &mut listener, "three").await;
+    // (The check above sent one of its own, `s…`.)
+    assert!(got.iter().all(|n| n.starts_with('s')), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_copy_waits_for_a_writer_that_found_no_copy_and_has_not_committed() {
+    let app = spawn_app_with(|_| {}).await;
+    let Some(cache) = app.state.check_cache.clone() else {
+        return;
+    };
+    let a = "inflight@example.org";
+    // Written before any process kept a copy, so its trigger sent nothing;
+    // committed only once the copy has begun to load.
+    let txn = sea_orm::TransactionTrait::begin(&app.state.db)
+        .await
+        .unwrap();
+    insert_bounce(&app, &txn, a).await;
+    cache.want();
+    assert!(
+        !cache.wait_ready(true, Duration::from_millis(500)).await,
+        "no copy while an older writer is open"
+    );
+    txn.commit().await.unwrap();
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    let r = check(&app, Some("newsletter"), &[a], true).await;
+    assert_eq!(r[0]["reason"], "bounce");
+}
+
+#[tokio::test]
+async fn a_repeatable_read_writer_older_than_the_copy_still_announces_its_change() {
+    let app = spawn_app_with(|_| {}).await;
+    let Some(cache) = app.state.check_cache.clone() else {
+        return;
+    };
+    let a = "snapshot@example.org";
+    // Its snapshot predates the copy's lease; its write comes after.
+    let txn = sea_orm::TransactionTrait::begin_with_config(
+        &app.state.db,
+        Some(sea_orm::IsolationLevel::RepeatableRead),
+        None,
+    )
+    .await
+    .unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(&txn, "SELECT 1")
+        .await
+        .unwrap();
+    cache.want();
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    insert_bounce(&app, &txn, a).await;
+    txn.commit().await.unwrap();
+    let r = check(&app, Some("newsletter"), &[a], true).await;
+    assert_eq!(r[0]["reason"], "bounce");
+}
