@@ -20,7 +20,10 @@
 //!   left.
 //!
 //! Both take one advisory lock, so that leases and triggers change one
-//! process at a time, and wait at most 5 s for a table's lock.
+//! process at a time, and wait at most 1 s for each table's lock: while
+//! `CREATE` or `DROP TRIGGER` waits, writers (and for `DROP`, readers) of that
+//! table queue behind it, so a long transaction makes the follower give up
+//! and try again later rather than stall the service.
 use sea_orm_migration::prelude::*;
 
 use crate::m20261125_000002_check_change_notices::{DROP_TRIGGERS, TRIGGERS};
@@ -29,7 +32,7 @@ use crate::m20261125_000002_check_change_notices::{DROP_TRIGGERS, TRIGGERS};
 pub struct Migration;
 
 const LOCK: &str = "PERFORM pg_advisory_xact_lock(7263011258); \
-    PERFORM set_config('lock_timeout', '5s', true);";
+    PERFORM set_config('lock_timeout', '1s', true);";
 
 /// Each statement as `EXECUTE $t$…$t$;`.
 fn executed(statements: &[&str]) -> String {
