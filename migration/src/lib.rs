@@ -2,6 +2,10 @@
 //! The schema runs unchanged on SQLite (the embedded default) and PostgreSQL.
 pub use sea_orm_migration::prelude::*;
 
+/// The bulk check's triggers, created and dropped by the processes that
+/// follow its notices.
+pub use m20261125_000002_check_change_notices::{DROP_TRIGGERS, TRIGGERS};
+
 mod m20261123_000001_initial;
 mod m20261124_000001_mailchimp_sync;
 mod m20261124_000002_foreign_key_indexes;

@@ -59,9 +59,10 @@ pub(crate) const FUNCTIONS: [&str; 4] = [
      END $$",
 ];
 
-/// The triggers (since `m20261125_000003` they exist only while some
-/// process follows the notices).
-pub(crate) const TRIGGERS: [&str; 9] = [
+/// The triggers. Since `m20261125_000003` they exist only while some
+/// process follows the notices, which creates and drops them
+/// (`src/services/check_cache.rs`).
+pub const TRIGGERS: [&str; 9] = [
     "CREATE TRIGGER listguard_check_suppressions_insert AFTER INSERT ON suppressions \
      REFERENCING NEW TABLE AS changed_rows \
      FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_hashes()",
@@ -92,7 +93,8 @@ pub(crate) const TRIGGERS: [&str; 9] = [
      FOR EACH STATEMENT EXECUTE FUNCTION listguard_notice_old_confirmed()",
 ];
 
-pub(crate) const DROP_TRIGGERS: [&str; 9] = [
+/// Drops each of [`TRIGGERS`] if it exists.
+pub const DROP_TRIGGERS: [&str; 9] = [
     "DROP TRIGGER IF EXISTS listguard_check_subscriptions_delete ON subscriptions",
     "DROP TRIGGER IF EXISTS listguard_check_subscriptions_update ON subscriptions",
     "DROP TRIGGER IF EXISTS listguard_check_subscriptions_insert ON subscriptions",

@@ -52,7 +52,9 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx::{self, PgPool, postgres::PgListener};
+use sea_orm::sqlx::{
+    self, PgConnection, PgPool, Postgres, pool::PoolConnection, postgres::PgListener,
+};
 use tokio::sync::watch;
 
 use super::suppression::{ALL_LISTS, CheckResult, Reason};
@@ -308,11 +310,10 @@ impl CheckCache {
     /// process may have dropped the triggers in between.
     async fn raise_lease(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
         let asked = self.now_ms();
-        sqlx::query("SELECT listguard_check_follow($1, $2)")
-            .bind(&self.tag)
-            .bind(LEASE.as_millis() as i64)
-            .execute(pool)
-            .await?;
+        let mut conn = trigger_lock(pool).await?;
+        let raised = follow_in(&mut conn, &self.tag).await;
+        trigger_unlock(conn).await;
+        raised?;
         let held = self.lease_ms.load(Ordering::Relaxed);
         if held != 0 && self.now_ms() >= held {
             self.lease_ms.store(0, Ordering::Relaxed);
@@ -500,13 +501,109 @@ enum Ended {
 /// Ends this process's lease (`None`: none) and those run out; the last
 /// lease to end drops the triggers.
 async fn release(pool: &PgPool, tag: Option<&str>) {
-    let released = sqlx::query("SELECT listguard_check_release($1)")
-        .bind(tag)
-        .execute(pool)
-        .await;
+    let released = match trigger_lock(pool).await {
+        Ok(mut conn) => {
+            let released = release_in(&mut conn, tag).await;
+            trigger_unlock(conn).await;
+            released
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = released {
         tracing::warn!(error = %e, "the bulk check's lease could not be ended; its triggers stay until a later try");
     }
+}
+
+/// Serialises lease and trigger changes across processes.
+const TRIGGER_LOCK: i64 = 7_263_011_258;
+
+/// A pooled connection holding [`TRIGGER_LOCK`]. Leases and triggers
+/// change under it one process at a time; every DDL statement runs on its
+/// own, so the process holds at most one table's lock at a time and can
+/// never be part of a deadlock with the service's own statements (which
+/// never take the advisory lock).
+async fn trigger_lock(pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TRIGGER_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    Ok(conn)
+}
+
+/// Gives the lock (and any `lock_timeout` set under it) back, or closes
+/// the connection if that fails.
+async fn trigger_unlock(mut conn: PoolConnection<Postgres>) {
+    let reset = sqlx::raw_sql("RESET lock_timeout; SELECT pg_advisory_unlock_all()")
+        .execute(&mut *conn)
+        .await;
+    if reset.is_err() {
+        conn.close_on_drop();
+    }
+}
+
+/// Raises or renews `tag`'s lease to [`LEASE`] from now and creates the
+/// triggers that are missing. `CREATE TRIGGER` waits for every transaction
+/// that has written its table, so a change either fires the trigger or is
+/// committed before the follower loads, whatever its isolation level. It
+/// waits at most 1 s: writers of the table queue behind it meanwhile, and a
+/// follower that meets a long transaction gives up and tries again later.
+async fn follow_in(conn: &mut PgConnection, tag: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO check_leases (tag, until) \
+         VALUES ($1, clock_timestamp() + $2 * interval '1 millisecond') \
+         ON CONFLICT (tag) DO UPDATE SET until = EXCLUDED.until",
+    )
+    .bind(tag)
+    .bind(LEASE.as_millis() as i64)
+    .execute(&mut *conn)
+    .await?;
+    let present: Vec<String> = sqlx::query_scalar(
+        "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'listguard_check_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let missing: Vec<&str> = migration::TRIGGERS
+        .iter()
+        .copied()
+        .filter(|create| {
+            let name = create.split_whitespace().nth(2).unwrap_or_default();
+            !present.iter().any(|p| p == name)
+        })
+        .collect();
+    if !missing.is_empty() {
+        sqlx::raw_sql("SET lock_timeout = '1s'")
+            .execute(&mut *conn)
+            .await?;
+    }
+    for create in missing {
+        sqlx::raw_sql(create).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Ends `tag`'s lease and those run out; once none is left, drops the
+/// triggers. `DROP TRIGGER` makes readers of its table queue behind it as
+/// well, so it waits at most 200 ms for the table (the triggers then stay
+/// until a later try).
+async fn release_in(conn: &mut PgConnection, tag: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM check_leases WHERE tag = $1 OR until <= clock_timestamp()")
+        .bind(tag)
+        .execute(&mut *conn)
+        .await?;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM check_leases")
+        .fetch_one(&mut *conn)
+        .await?;
+    if left > 0 {
+        return Ok(());
+    }
+    sqlx::raw_sql("SET lock_timeout = '200ms'")
+        .execute(&mut *conn)
+        .await?;
+    for drop in migration::DROP_TRIGGERS {
+        sqlx::raw_sql(drop).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// What the reading task passes on: a notice's payload, or the end of the

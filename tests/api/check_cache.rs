@@ -449,3 +449,68 @@ async fn a_repeatable_read_writer_older_than_the_copy_still_announces_its_change
     let r = check(&app, Some("newsletter"), &[a], true).await;
     assert_eq!(r[0]["reason"], "bounce");
 }
+
+/// The check's triggers on `table` (all tables when `None`).
+async fn trigger_count(app: &TestApp, table: Option<&str>) -> i64 {
+    let rows = app
+        .query(
+            "SELECT count(*) AS n FROM pg_trigger \
+             WHERE tgname LIKE 'listguard_check_%' AND ($1::text IS NULL OR tgrelid::regclass::text = $1)",
+            vec![table.map(str::to_string).into()],
+        )
+        .await;
+    rows[0].try_get::<i64>("", "n").unwrap()
+}
+
+/// Polls until `done` holds, for at most 20 s.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_triggers_holds_one_table_at_a_time_and_never_deadlocks_a_reader() {
+    let app = spawn_app_with(|_| {}).await;
+    let Some(cache) = app.state.check_cache.clone() else {
+        return;
+    };
+    cache.want();
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    assert_eq!(trigger_count(&app, None).await, 9);
+
+    // A reader holds `suppressions` and will read `subscriptions` next, as
+    // the database's check does, while the idle copy drops the triggers.
+    let reader = sea_orm::TransactionTrait::begin(&app.state.db)
+        .await
+        .unwrap();
+    let read = |sql: &'static str| sea_orm::ConnectionTrait::execute_unprepared(&reader, sql);
+    read("SELECT count(*) FROM suppressions").await.unwrap();
+    cache.set_idle_after(Duration::from_millis(200));
+    assert!(cache.wait_ready(false, Duration::from_secs(20)).await);
+    // The triggers of `subscriptions` go, each drop committed on its own,
+    // while `suppressions` is still held by the reader.
+    eventually("subscriptions' triggers dropped", || async {
+        trigger_count(&app, Some("subscriptions")).await == 0
+    })
+    .await;
+    read("SELECT count(*) FROM subscriptions").await.unwrap();
+    reader.commit().await.unwrap();
+
+    // What a busy table kept is dropped by a later release.
+    cache.set_idle_after(Duration::from_secs(300));
+    cache.want();
+    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    assert_eq!(trigger_count(&app, None).await, 9, "recreated");
+    cache.set_idle_after(Duration::from_millis(200));
+    assert!(cache.wait_ready(false, Duration::from_secs(20)).await);
+    eventually("every trigger dropped", || async {
+        trigger_count(&app, None).await == 0
+    })
+    .await;
+}
