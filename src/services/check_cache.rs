@@ -558,17 +558,15 @@ async fn follow_in(conn: &mut PgConnection, tag: &str) -> Result<(), sqlx::Error
     .bind(LEASE.as_millis() as i64)
     .execute(&mut *conn)
     .await?;
-    let present: Vec<String> = sqlx::query_scalar(
-        "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'listguard_check_%'",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let present = present_triggers(conn).await?;
+    // `CREATE TRIGGER <name> …`
     let missing: Vec<&str> = migration::TRIGGERS
         .iter()
         .copied()
         .filter(|create| {
-            let name = create.split_whitespace().nth(2).unwrap_or_default();
-            !present.iter().any(|p| p == name)
+            !present
+                .iter()
+                .any(|p| Some(p.as_str()) == create.split_whitespace().nth(2))
         })
         .collect();
     if !missing.is_empty() {
@@ -597,13 +595,36 @@ async fn release_in(conn: &mut PgConnection, tag: Option<&str>) -> Result<(), sq
     if left > 0 {
         return Ok(());
     }
-    sqlx::raw_sql("SET lock_timeout = '200ms'")
-        .execute(&mut *conn)
-        .await?;
-    for drop in migration::DROP_TRIGGERS {
+    // Only those present: `DROP TRIGGER IF EXISTS <name> …` locks its table
+    // even when there is nothing to drop.
+    let present = present_triggers(conn).await?;
+    let drops: Vec<&str> = migration::DROP_TRIGGERS
+        .iter()
+        .copied()
+        .filter(|drop| {
+            present
+                .iter()
+                .any(|p| Some(p.as_str()) == drop.split_whitespace().nth(4))
+        })
+        .collect();
+    if !drops.is_empty() {
+        sqlx::raw_sql("SET lock_timeout = '200ms'")
+            .execute(&mut *conn)
+            .await?;
+    }
+    for drop in drops {
         sqlx::raw_sql(drop).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The names of the check's triggers that exist.
+async fn present_triggers(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'listguard_check_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// What the reading task passes on: a notice's payload, or the end of the
