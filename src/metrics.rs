@@ -166,14 +166,17 @@ impl Metrics {
 
     /// Counts one bulk check, answered from memory or by the database.
     pub fn observe_check(&self, from_memory: bool) {
-        let by = if from_memory { "memory" } else { "database" };
-        self.checks.get_or_create(&AnsweredByLabels { by }).inc();
+        self.checks_by(from_memory).inc();
     }
 
     /// Bulk checks answered so far from memory (`true`) or by the database.
     pub fn checks_answered(&self, from_memory: bool) -> u64 {
+        self.checks_by(from_memory).get()
+    }
+
+    fn checks_by(&self, from_memory: bool) -> Counter {
         let by = if from_memory { "memory" } else { "database" };
-        self.checks.get_or_create(&AnsweredByLabels { by }).get()
+        self.checks.get_or_create(&AnsweredByLabels { by }).clone()
     }
 
     /// The size of the bulk check's copy, `None` while there is none.

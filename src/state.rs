@@ -129,15 +129,6 @@ impl State {
         })
     }
 
-    /// Starts the writer tasks that coalesce concurrent writes: one for
-    /// signups and one for unsubscribes, on either backend. While a batch is
-    /// being written the next one fills, and bigger batches are what make a
-    /// commit cheap per request. On PostgreSQL a second writer was measured
-    /// each time: it only halved the batches and cost more CPU per request,
-    /// for no more throughput (unsubscribes: 2,500–3,100 against
-    /// 3,200–3,600 req/s at 8 connections; signups, once the mail worker
-    /// let its jobs gather: 3,200–3,600 against 3,600–4,000 at 8 and
-    /// 5,700–5,800 against 5,900 at 32).
     /// Starts following the database for the bulk check's copy
     /// (PostgreSQL; see `services::check_cache`).
     pub fn start_check_cache(&self) {
@@ -149,6 +140,15 @@ impl State {
         }
     }
 
+    /// Starts the writer tasks that coalesce concurrent writes: one for
+    /// signups and one for unsubscribes, on either backend. While a batch is
+    /// being written the next one fills, and bigger batches are what make a
+    /// commit cheap per request. On PostgreSQL a second writer was measured
+    /// each time: it only halved the batches and cost more CPU per request,
+    /// for no more throughput (unsubscribes: 2,500–3,100 against
+    /// 3,200–3,600 req/s at 8 connections; signups, once the mail worker
+    /// let its jobs gather: 3,200–3,600 against 3,600–4,000 at 8 and
+    /// 5,700–5,800 against 5,900 at 32).
     pub fn start_batchers(self: &Arc<Self>) {
         let signups = self.batcher(1, |state, jobs| {
             Box::pin(async move { subscribe_batch(&state, jobs).await })

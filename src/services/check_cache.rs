@@ -558,26 +558,7 @@ async fn follow_in(conn: &mut PgConnection, tag: &str) -> Result<(), sqlx::Error
     .bind(LEASE.as_millis() as i64)
     .execute(&mut *conn)
     .await?;
-    let present = present_triggers(conn).await?;
-    // `CREATE TRIGGER <name> …`
-    let missing: Vec<&str> = migration::TRIGGERS
-        .iter()
-        .copied()
-        .filter(|create| {
-            !present
-                .iter()
-                .any(|p| Some(p.as_str()) == create.split_whitespace().nth(2))
-        })
-        .collect();
-    if !missing.is_empty() {
-        sqlx::raw_sql("SET lock_timeout = '1s'")
-            .execute(&mut *conn)
-            .await?;
-    }
-    for create in missing {
-        sqlx::raw_sql(create).execute(&mut *conn).await?;
-    }
-    Ok(())
+    change_triggers(conn, &migration::TRIGGERS, false, "1s").await
 }
 
 /// Ends `tag`'s lease and those run out; once none is left, drops the
@@ -595,36 +576,56 @@ async fn release_in(conn: &mut PgConnection, tag: Option<&str>) -> Result<(), sq
     if left > 0 {
         return Ok(());
     }
-    // Only those present: `DROP TRIGGER IF EXISTS <name> …` locks its table
-    // even when there is nothing to drop.
-    let present = present_triggers(conn).await?;
-    let drops: Vec<&str> = migration::DROP_TRIGGERS
+    // Only those present: `DROP TRIGGER IF EXISTS` locks its table even
+    // when there is nothing to drop.
+    change_triggers(conn, &migration::DROP_TRIGGERS, true, "200ms").await
+}
+
+/// Runs, each as a statement of its own and waiting at most `lock_timeout`
+/// for its table, those of `statements` (`CREATE TRIGGER` or `DROP TRIGGER
+/// IF EXISTS`) whose trigger exists (`present`) or does not.
+async fn change_triggers(
+    conn: &mut PgConnection,
+    statements: &[&'static str],
+    present: bool,
+    lock_timeout: &str,
+) -> Result<(), sqlx::Error> {
+    let existing: Vec<String> = sqlx::query_scalar(
+        "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'listguard_check_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let due: Vec<&str> = statements
         .iter()
         .copied()
-        .filter(|drop| {
-            present
+        .filter(|sql| {
+            existing
                 .iter()
-                .any(|p| Some(p.as_str()) == drop.split_whitespace().nth(4))
+                .any(|e| Some(e.as_str()) == trigger_name(sql))
+                == present
         })
         .collect();
-    if !drops.is_empty() {
-        sqlx::raw_sql("SET lock_timeout = '200ms'")
-            .execute(&mut *conn)
-            .await?;
+    if due.is_empty() {
+        return Ok(());
     }
-    for drop in drops {
-        sqlx::raw_sql(drop).execute(&mut *conn).await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+        .bind(lock_timeout)
+        .execute(&mut *conn)
+        .await?;
+    for sql in due {
+        sqlx::raw_sql(sql).execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// The names of the check's triggers that exist.
-async fn present_triggers(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'listguard_check_%'",
-    )
-    .fetch_all(&mut *conn)
-    .await
+/// The trigger a `CREATE TRIGGER` or `DROP TRIGGER [IF EXISTS]` statement names.
+fn trigger_name(sql: &str) -> Option<&str> {
+    let mut words = sql
+        .split_whitespace()
+        .skip_while(|w| *w != "TRIGGER")
+        .skip(1)
+        .skip_while(|w| matches!(*w, "IF" | "EXISTS"));
+    words.next()
 }
 
 /// What the reading task passes on: a notice's payload, or the end of the
@@ -637,7 +638,6 @@ async fn follow(cache: &Arc<CheckCache>, pool: &PgPool) -> Result<Ended, sqlx::E
     let mut listener = PgListener::connect_with(pool).await?;
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
-    cache.lease_ms.store(0, Ordering::Relaxed);
     cache.raise_lease(pool).await?;
     // Renewed from a task of its own, so that a long load does not let it lapse.
     let (lapse_tx, mut lapsed) = tokio::sync::oneshot::channel::<()>();
@@ -962,6 +962,22 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_trigger_statement_names_its_trigger() {
+        let mut created: Vec<&str> = migration::TRIGGERS
+            .iter()
+            .map(|s| trigger_name(s).unwrap())
+            .collect();
+        let mut dropped: Vec<&str> = migration::DROP_TRIGGERS
+            .iter()
+            .map(|s| trigger_name(s).unwrap())
+            .collect();
+        created.sort_unstable();
+        dropped.sort_unstable();
+        assert_eq!(created, dropped);
+        assert!(created.iter().all(|n| n.starts_with("listguard_check_")));
     }
 
     #[test]

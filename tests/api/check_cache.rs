@@ -1,8 +1,11 @@
 //! The bulk check's copy in memory (PostgreSQL): every answer it gives must
 //! be the database's, whatever changed and whoever changed it.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use listguard::{domain::EmailAddress, services::suppression};
+use listguard::{
+    domain::EmailAddress,
+    services::{check_cache::CheckCache, suppression},
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -11,20 +14,27 @@ use crate::{
     ops::{sample, scrape},
 };
 
-/// An app with two lists whose copy is loaded; `None` on SQLite, which
-/// keeps no copy.
-async fn app_with_copy() -> Option<TestApp> {
-    let app = spawn_app_with(|c| c.lists.push(second_list())).await;
-    let Some(cache) = app.state.check_cache.clone() else {
-        assert!(!listguard::db::is_postgres(&app.state.db));
-        return None;
-    };
-    // A process loads its copy when the first check wants it.
+/// The app's bulk check cache; `None` on SQLite, which keeps no copy.
+fn cache_of(app: &TestApp) -> Option<Arc<CheckCache>> {
+    let cache = app.state.check_cache.clone();
+    assert_eq!(cache.is_some(), listguard::db::is_postgres(&app.state.db));
+    cache
+}
+
+/// Loads the copy (as the first check that wants it does) and waits for it.
+async fn load_copy(cache: &CheckCache) {
     cache.want();
     assert!(
         cache.wait_ready(true, Duration::from_secs(20)).await,
         "the copy loads"
     );
+}
+
+/// An app with two lists whose copy is loaded; `None` on SQLite.
+async fn app_with_copy() -> Option<TestApp> {
+    let app = spawn_app_with(|c| c.lists.push(second_list())).await;
+    let cache = cache_of(&app)?;
+    load_copy(&cache).await;
     Some(app)
 }
 
@@ -152,16 +162,7 @@ async fn the_copy_follows_every_kind_of_change_whoever_makes_it() {
     // Writes that bypass this process entirely, as another replica or a
     // hand-run statement would make them.
     let hash = |e: &str| app.state.keys.hasher.hash(&EmailAddress::parse(e).unwrap());
-    app.query(
-        "INSERT INTO suppressions (email_hash, scope, reason, source, created_at, expires_at) \
-         VALUES ($1, 'newsletter', 'bounce', 'admin', $2, $3)",
-        vec![
-            hash(c).into(),
-            app.clock_now().into(),
-            (app.clock_now() + chrono::Duration::days(30)).into(),
-        ],
-    )
-    .await;
+    insert_bounce(&app, &app.state.db, c).await;
     app.query(
         "UPDATE subscriptions SET status = 'confirmed' WHERE subscriber_id = \
          (SELECT id FROM subscribers WHERE email_hash = $1)",
@@ -260,15 +261,14 @@ async fn a_check_never_answers_from_a_copy_behind_the_database() {
 #[tokio::test]
 async fn the_copy_is_dropped_when_no_check_comes_and_loaded_again_for_the_next() {
     let app = spawn_app_with(|_| {}).await;
-    let Some(cache) = app.state.check_cache.clone() else {
+    let Some(cache) = cache_of(&app) else {
         return;
     };
     let a = "idle@example.org";
     app.subscribe_and_confirm(a).await;
     assert!(!cache.is_ready(), "no copy before a check wants one");
     cache.set_idle_after(Duration::from_secs(1));
-    cache.want();
-    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    load_copy(&cache).await;
     assert!(
         cache.wait_ready(false, Duration::from_secs(20)).await,
         "dropped after a second without a check"
@@ -336,7 +336,7 @@ async fn notices_until_marker(
 #[tokio::test]
 async fn writers_send_notices_only_while_some_process_keeps_a_copy() {
     let app = spawn_app_with(|_| {}).await;
-    let Some(cache) = app.state.check_cache.clone() else {
+    let Some(cache) = cache_of(&app) else {
         return;
     };
     let pool = app.state.db.get_postgres_connection_pool();
@@ -358,8 +358,7 @@ async fn writers_send_notices_only_while_some_process_keeps_a_copy() {
     assert!(got.is_empty(), "{got:?}");
 
     // Once a copy is kept, the same change is announced.
-    cache.want();
-    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    load_copy(&cache).await;
     let url = app.unsubscribe_url("newsletter", b).await;
     assert_eq!(app.one_click(&url).await.status(), 200);
     let got = notices_until_marker(&app, &mut listener, "two").await;
@@ -374,23 +373,10 @@ async fn writers_send_notices_only_while_some_process_keeps_a_copy() {
     // triggers go and writers are quiet again.
     cache.set_idle_after(Duration::from_millis(200));
     assert!(cache.wait_ready(false, Duration::from_secs(20)).await);
-    let triggers = || async {
-        let rows = app
-            .query(
-                "SELECT count(*) AS n FROM pg_trigger WHERE tgname LIKE 'listguard_check_%'",
-                vec![],
-            )
-            .await;
-        rows[0].try_get::<i64>("", "n").unwrap()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while triggers().await > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the triggers are dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the triggers are dropped", || async {
+        trigger_count(&app, None).await == 0
+    })
+    .await;
     let c = "after@example.org";
     app.subscribe_and_confirm(c).await;
     let url = app.unsubscribe_url("newsletter", c).await;
@@ -403,7 +389,7 @@ async fn writers_send_notices_only_while_some_process_keeps_a_copy() {
 #[tokio::test]
 async fn a_copy_waits_for_a_writer_that_found_no_copy_and_has_not_committed() {
     let app = spawn_app_with(|_| {}).await;
-    let Some(cache) = app.state.check_cache.clone() else {
+    let Some(cache) = cache_of(&app) else {
         return;
     };
     let a = "inflight@example.org";
@@ -427,7 +413,7 @@ async fn a_copy_waits_for_a_writer_that_found_no_copy_and_has_not_committed() {
 #[tokio::test]
 async fn a_repeatable_read_writer_older_than_the_copy_still_announces_its_change() {
     let app = spawn_app_with(|_| {}).await;
-    let Some(cache) = app.state.check_cache.clone() else {
+    let Some(cache) = cache_of(&app) else {
         return;
     };
     let a = "snapshot@example.org";
@@ -442,8 +428,7 @@ async fn a_repeatable_read_writer_older_than_the_copy_still_announces_its_change
     sea_orm::ConnectionTrait::execute_unprepared(&txn, "SELECT 1")
         .await
         .unwrap();
-    cache.want();
-    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    load_copy(&cache).await;
     insert_bounce(&app, &txn, a).await;
     txn.commit().await.unwrap();
     let r = check(&app, Some("newsletter"), &[a], true).await;
@@ -477,11 +462,10 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 #[tokio::test]
 async fn dropping_the_triggers_holds_one_table_at_a_time_and_never_deadlocks_a_reader() {
     let app = spawn_app_with(|_| {}).await;
-    let Some(cache) = app.state.check_cache.clone() else {
+    let Some(cache) = cache_of(&app) else {
         return;
     };
-    cache.want();
-    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    load_copy(&cache).await;
     assert_eq!(trigger_count(&app, None).await, 9);
 
     // A reader holds `suppressions` and will read `subscriptions` next, as
@@ -504,8 +488,7 @@ async fn dropping_the_triggers_holds_one_table_at_a_time_and_never_deadlocks_a_r
 
     // What a busy table kept is dropped by a later release.
     cache.set_idle_after(Duration::from_secs(300));
-    cache.want();
-    assert!(cache.wait_ready(true, Duration::from_secs(20)).await);
+    load_copy(&cache).await;
     assert_eq!(trigger_count(&app, None).await, 9, "recreated");
     cache.set_idle_after(Duration::from_millis(200));
     assert!(cache.wait_ready(false, Duration::from_secs(20)).await);
