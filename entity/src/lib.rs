@@ -1,6 +1,5 @@
 //! sea-orm entities, one file per table. These types never appear in the HTTP API:
 //! handlers convert at the edge.
-pub mod address_limit;
 pub mod admin_audit;
 pub mod consent_event;
 pub mod consent_text;

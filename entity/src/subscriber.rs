@@ -18,6 +18,12 @@ pub struct Model {
     pub restricted: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// UTC day (`YYYY-MM-DD`) that `mail_count` belongs to.
+    pub mail_day: Option<String>,
+    /// Confirmation mails queued for the address on `mail_day`.
+    pub mail_count: i32,
+    /// When the last confirmation mail was queued (the re-send cooldown).
+    pub mail_sent_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -19,6 +19,7 @@ mod m20261124_000009_hash_probe_indexes;
 mod m20261125_000001_tokens_lean_indexes;
 mod m20261125_000002_check_change_notices;
 mod m20261125_000003_check_notices_only_while_listened;
+mod m20261125_000004_mail_limits_on_subscribers;
 
 pub struct Migrator;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_tokens_lean_indexes::Migration),
             Box::new(m20261125_000002_check_change_notices::Migration),
             Box::new(m20261125_000003_check_notices_only_while_listened::Migration),
+            Box::new(m20261125_000004_mail_limits_on_subscribers::Migration),
         ]
     }
 }

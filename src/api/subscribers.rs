@@ -95,7 +95,6 @@ pub struct PurgeResult {
     pub subscribers: u64,
     pub tokens: u64,
     pub outbox: u64,
-    pub address_limits: u64,
     /// Inbound webhook receipts past their week.
     pub webhook_receipts: u64,
     /// Audit rows past `retention.audit`.
@@ -113,7 +112,6 @@ impl PurgeResult {
             subscribers: r.subscribers,
             tokens: r.tokens,
             outbox: r.outbox,
-            address_limits: r.address_limits,
             webhook_receipts: r.webhook_receipts,
             admin_audit: r.admin_audit,
         }

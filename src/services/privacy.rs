@@ -8,7 +8,7 @@
 //! JSON document the API serves and the CLI prints).
 use chrono::{DateTime, Utc};
 use entity::{
-    address_limit, admin_audit, consent_event, consent_text, outbox, subscriber, subscription,
+    admin_audit, consent_event, consent_text, outbox, subscriber, subscription,
     suppression as suppression_entity, token,
 };
 use sea_orm::{
@@ -501,9 +501,6 @@ pub async fn erase(
         .exec(conn)
         .await?
         .rows_affected;
-    address_limit::Entity::delete_by_id(hash.clone())
-        .exec(conn)
-        .await?;
     receipt.jobs_cancelled = outbox::Entity::update_many()
         .col_expr(outbox::Column::Status, Expr::value("cancelled"))
         .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))

@@ -19,7 +19,6 @@ pub struct PurgeReport {
     pub subscribers: u64,
     pub tokens: u64,
     pub outbox: u64,
-    pub address_limits: u64,
     /// Receipts of inbound webhook deliveries older than a week.
     pub webhook_receipts: u64,
     /// Audit rows of administrative actions past `retention.audit`.
@@ -97,12 +96,6 @@ const CLASSES: &[Class] = &[
               OR (status = 'dead' AND kind = 'mail' AND updated_at <= :dead_mail)",
     },
     Class {
-        name: "address_limits",
-        table: "address_limits",
-        key: "email_hash",
-        due: "SELECT email_hash FROM address_limits WHERE last_sent_at <= :book",
-    },
-    Class {
         name: "webhook_receipts",
         table: "webhook_receipts",
         key: "id",
@@ -128,8 +121,7 @@ impl PurgeReport {
             "tokens" => &mut self.tokens,
             "outbox" => &mut self.outbox,
             "webhook_receipts" => &mut self.webhook_receipts,
-            "admin_audit" => &mut self.admin_audit,
-            _ => &mut self.address_limits,
+            _ => &mut self.admin_audit,
         };
         *slot += n;
     }
@@ -144,7 +136,6 @@ impl PurgeReport {
             ("subscribers", self.subscribers),
             ("tokens", self.tokens),
             ("outbox", self.outbox),
-            ("address_limits", self.address_limits),
             ("webhook_receipts", self.webhook_receipts),
             ("admin_audit", self.admin_audit),
         ]

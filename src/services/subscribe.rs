@@ -3,9 +3,7 @@
 //! behind differs. A confirmation mail is queued in the outbox (never sent
 //! inside the request), at most once per cooldown and a few times a day.
 use chrono::{DateTime, Utc};
-use entity::{
-    address_limit, consent_event, outbox as outbox_model, subscriber, subscription, token,
-};
+use entity::{consent_event, outbox as outbox_model, subscriber, subscription, token};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
     QueryFilter, Set, Statement,
@@ -316,8 +314,9 @@ fn confirm_token(
 }
 
 /// Which of the batch's addresses the database holds anything about: a
-/// suppression entry, a subscriber row or a mail limit. One statement
-/// (SQLite; PostgreSQL's batch statement asks the same itself).
+/// suppression entry or a subscriber row (which holds the address's mail
+/// limits). One statement (SQLite; PostgreSQL's batch statement asks the
+/// same itself).
 async fn known_addresses<C: ConnectionTrait>(
     conn: &C,
     jobs: &[SignupJob],
@@ -327,8 +326,7 @@ async fn known_addresses<C: ConnectionTrait>(
     let (set, value) = crate::db::string_set(backend, 1, &hashes);
     let sql = format!(
         "SELECT email_hash FROM suppressions WHERE email_hash IN ({set}) \
-         UNION ALL SELECT email_hash FROM subscribers WHERE email_hash IN ({set}) \
-         UNION ALL SELECT email_hash FROM address_limits WHERE email_hash IN ({set})"
+         UNION ALL SELECT email_hash FROM subscribers WHERE email_hash IN ({set})"
     );
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(backend, sql, [value]))
@@ -347,6 +345,7 @@ async fn insert_fresh<C: ConnectionTrait>(
 
     let config = &state.config;
     let token_expires = config.retention.pending.after(now);
+    let today = mail_day(now);
     let people = subscriber::Entity::insert_many(rows.iter().map(|r| subscriber::ActiveModel {
         email: Set(r.email.to_string()),
         email_hash: Set(r.email_hash.to_string()),
@@ -355,6 +354,9 @@ async fn insert_fresh<C: ConnectionTrait>(
         restricted: Set(false),
         created_at: Set(now),
         updated_at: Set(now),
+        mail_day: Set(Some(today.clone())),
+        mail_count: Set(1),
+        mail_sent_at: Set(Some(now)),
         ..Default::default()
     }))
     .exec_with_returning(conn)
@@ -376,7 +378,6 @@ async fn insert_fresh<C: ConnectionTrait>(
     .exec_with_returning(conn)
     .await?;
     let sub_of: HashMap<i64, i64> = subs.iter().map(|s| (s.subscriber_id, s.id)).collect();
-    let today = now.format("%Y-%m-%d").to_string();
     token::Entity::insert_many(rows.iter().map(|r| {
         confirm_token(
             r.token_hash.clone(),
@@ -414,24 +415,16 @@ async fn insert_fresh<C: ConnectionTrait>(
     }))
     .exec_without_returning(conn)
     .await?;
-    address_limit::Entity::insert_many(rows.iter().map(|r| address_limit::ActiveModel {
-        email_hash: Set(r.email_hash.to_string()),
-        day: Set(today.clone()),
-        count: Set(1),
-        last_sent_at: Set(now),
-    }))
-    .exec_without_returning(conn)
-    .await?;
     Ok(())
 }
 
 /// The rows of never-seen signups in one statement, committed on its own:
 /// the batch travels as one JSON parameter and every table is filled by a
 /// data-modifying CTE, so a batch costs one round trip and one prepared
-/// statement whatever its size, where the SQLite path's six multi-row
-/// inserts inside a transaction cost eight round trips and a fresh plan for
+/// statement whatever its size, where the SQLite path's five multi-row
+/// inserts inside a transaction cost seven round trips and a fresh plan for
 /// each batch size. A row whose address the database knows (a suppression
-/// entry, a subscriber row, a mail limit) is left out; the answer is the
+/// entry or a subscriber row) is left out; the answer is the
 /// positions in `rows` of those written. An address that another
 /// transaction (a webhook, another replica) inserts at the same moment makes
 /// the statement fail on the unique key, and [`subscribe_batch`] then takes
@@ -454,10 +447,10 @@ async fn insert_fresh_postgres(
                  consent_sha256, payload, ord) \
                WHERE NOT EXISTS (SELECT 1 FROM suppressions k WHERE k.email_hash = x.email_hash) \
                  AND NOT EXISTS (SELECT 1 FROM subscribers k WHERE k.email_hash = x.email_hash) \
-                 AND NOT EXISTS (SELECT 1 FROM address_limits k WHERE k.email_hash = x.email_hash) \
              ), people AS ( \
-               INSERT INTO subscribers (email, email_hash, name, locale, restricted, created_at, updated_at) \
-               SELECT email, email_hash, name, locale, false, $2, $2 FROM input \
+               INSERT INTO subscribers (email, email_hash, name, locale, restricted, created_at, \
+                 updated_at, mail_day, mail_count, mail_sent_at) \
+               SELECT email, email_hash, name, locale, false, $2, $2, $5, 1, $2 FROM input \
                RETURNING id, email_hash \
              ), subs AS ( \
                INSERT INTO subscriptions (subscriber_id, list_slug, status, source, created_at, pending_expires_at) \
@@ -479,9 +472,6 @@ async fn insert_fresh_postgres(
                  locked_until, created_at, updated_at) \
                SELECT '{mail}', 'pending', payload, email_hash, 0, $2, $6, $2, $2 FROM pairs \
                RETURNING id, subject_hash \
-             ), limits AS ( \
-               INSERT INTO address_limits (email_hash, day, count, last_sent_at) \
-               SELECT email_hash, $5, 1, $2 FROM pairs \
              ) \
              SELECT p.ord, m.id AS job FROM pairs p JOIN mails m ON m.subject_hash = p.email_hash",
             pending = PENDING,
@@ -506,7 +496,7 @@ async fn insert_fresh_postgres(
             now.into(),
             config.retention.pending.after(now).into(),
             config.org.privacy_policy_url.clone().into(),
-            now.format("%Y-%m-%d").to_string().into(),
+            mail_day(now).into(),
             locked_until.into(),
         ],
     );
@@ -533,6 +523,11 @@ async fn insert_fresh_postgres(
     }
     state.mail_handoff.push(handed);
     Ok(positions)
+}
+
+/// The UTC day that a subscriber's mail count belongs to.
+fn mail_day(now: DateTime<Utc>) -> String {
+    now.format("%Y-%m-%d").to_string()
 }
 
 async fn try_subscribe(
@@ -585,18 +580,22 @@ async fn subscribe_in<C: ConnectionTrait>(
         return Ok(SubscribeOutcome::AlreadyConfirmed);
     }
 
-    // Mail limits, keyed by the address hash.
-    let today = now.format("%Y-%m-%d").to_string();
-    let limit = address_limit::Entity::find_by_id(hash.to_string())
-        .one(conn)
-        .await?;
-    if let Some(l) = &limit {
-        if config.limits.resend_cooldown.after(l.last_sent_at) > now {
-            return Ok(SubscribeOutcome::CooldownActive);
-        }
-        if l.day == today && l.count >= config.limits.confirmations_per_address_per_day as i32 {
-            return Ok(SubscribeOutcome::DailyLimitReached);
-        }
+    // Mail limits, kept on the subscriber row: confirmation mail only ever
+    // goes to an address that has one.
+    let today = mail_day(now);
+    let sent_today = match &existing {
+        Some(s) if s.mail_day.as_deref() == Some(today.as_str()) => s.mail_count,
+        _ => 0,
+    };
+    if existing
+        .as_ref()
+        .and_then(|s| s.mail_sent_at)
+        .is_some_and(|last| config.limits.resend_cooldown.after(last) > now)
+    {
+        return Ok(SubscribeOutcome::CooldownActive);
+    }
+    if sent_today >= config.limits.confirmations_per_address_per_day as i32 {
+        return Ok(SubscribeOutcome::DailyLimitReached);
     }
 
     let name = req.name.as_ref().map(|n| n.as_str().to_string());
@@ -610,15 +609,17 @@ async fn subscribe_in<C: ConnectionTrait>(
                 .one(conn)
                 .await?
                 .is_some();
-            if !has_confirmed && name.is_some() && name != s.name {
-                let mut am = s.clone().into_active_model();
+            let renamed = !has_confirmed && name.is_some() && name != s.name;
+            let mut am = s.into_active_model();
+            if renamed {
                 am.name = Set(name.clone());
                 am.locale = Set(req.locale.code().to_string());
                 am.updated_at = Set(now);
-                am.update(conn).await?
-            } else {
-                s
             }
+            am.mail_day = Set(Some(today));
+            am.mail_count = Set(sent_today + 1);
+            am.mail_sent_at = Set(Some(now));
+            am.update(conn).await?
         }
         None => {
             subscriber::ActiveModel {
@@ -629,6 +630,9 @@ async fn subscribe_in<C: ConnectionTrait>(
                 restricted: Set(false),
                 created_at: Set(now),
                 updated_at: Set(now),
+                mail_day: Set(Some(today)),
+                mail_count: Set(1),
+                mail_sent_at: Set(Some(now)),
                 ..Default::default()
             }
             .insert(conn)
@@ -692,21 +696,5 @@ async fn subscribe_in<C: ConnectionTrait>(
         now,
     )
     .await?;
-
-    let count = match &limit {
-        Some(l) if l.day == today => l.count + 1,
-        _ => 1,
-    };
-    let row = address_limit::ActiveModel {
-        email_hash: Set(hash.to_string()),
-        day: Set(today),
-        count: Set(count),
-        last_sent_at: Set(now),
-    };
-    if limit.is_some() {
-        row.update(conn).await?;
-    } else {
-        row.insert(conn).await?;
-    }
     Ok(SubscribeOutcome::MailQueued)
 }
