@@ -15,6 +15,11 @@ pub struct Model {
     pub confirmed_at: Option<DateTimeUtc>,
     /// For a pending subscription: when its newest confirmation token expires.
     pub pending_expires_at: Option<DateTimeUtc>,
+    /// SHA-256 (hex) of the subscription's first confirmation token, the one
+    /// in the signup's own mail, valid for `retention.pending.token` from
+    /// `created_at`. Later tokens, and this one once the subscription is
+    /// confirmed, are `tokens` rows.
+    pub token_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -20,6 +20,7 @@ mod m20261125_000001_tokens_lean_indexes;
 mod m20261125_000002_check_change_notices;
 mod m20261125_000003_check_notices_only_while_listened;
 mod m20261125_000004_mail_limits_on_subscribers;
+mod m20261125_000005_first_token_on_subscription;
 
 pub struct Migrator;
 
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_check_change_notices::Migration),
             Box::new(m20261125_000003_check_notices_only_while_listened::Migration),
             Box::new(m20261125_000004_mail_limits_on_subscribers::Migration),
+            Box::new(m20261125_000005_first_token_on_subscription::Migration),
         ]
     }
 }

@@ -1,5 +1,6 @@
 //! Double opt-in, step two: the link in the mail. Looking at a token changes
 //! nothing; confirming or blocking ("this wasn't me") does.
+use chrono::{DateTime, Utc};
 use entity::{consent_event, subscriber, subscription, token};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
@@ -11,7 +12,7 @@ use super::{
     consent::{self, ConsentKind},
     suppression::{self, ALL_LISTS, Reason, Source},
 };
-use crate::{crypto::sha256_hex, secrets::log_id, state::AppState};
+use crate::{config::Config, crypto::sha256_hex, secrets::log_id, state::AppState};
 
 /// What a token stands for now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,46 +47,69 @@ pub enum BlockOutcome {
     Unknown,
 }
 
+/// A confirmation token as found.
 struct Loaded {
-    token: token::Model,
+    /// Its `tokens` row; `None` for the first token of a pending
+    /// subscription, which its row holds (`subscription.token_hash`).
+    row: Option<token::Model>,
+    expires_at: DateTime<Utc>,
     subscription: subscription::Model,
 }
 
-async fn load<C: ConnectionTrait>(conn: &C, raw: &str) -> Result<Option<Loaded>, DbErr> {
+async fn load<C: ConnectionTrait>(
+    conn: &C,
+    config: &Config,
+    raw: &str,
+) -> Result<Option<Loaded>, DbErr> {
     if raw.is_empty() || raw.len() > 128 {
         return Ok(None);
     }
-    let Some(token) = token::Entity::find()
-        .filter(token::Column::TokenHash.eq(sha256_hex(raw.as_bytes())))
+    let hash = sha256_hex(raw.as_bytes());
+    if let Some(token) = token::Entity::find()
+        .filter(token::Column::TokenHash.eq(&hash))
         .filter(token::Column::Purpose.eq("confirm"))
         .one(conn)
         .await?
-    else {
-        return Ok(None);
-    };
-    let Some(sub_id) = token.subscription_id else {
-        return Ok(None);
-    };
-    let Some(subscription) = subscription::Entity::find_by_id(sub_id).one(conn).await? else {
-        return Ok(None);
-    };
-    Ok(Some(Loaded {
-        token,
-        subscription,
-    }))
+    {
+        let Some(sub_id) = token.subscription_id else {
+            return Ok(None);
+        };
+        let Some(subscription) = subscription::Entity::find_by_id(sub_id).one(conn).await? else {
+            return Ok(None);
+        };
+        return Ok(Some(Loaded {
+            expires_at: token.expires_at,
+            row: Some(token),
+            subscription,
+        }));
+    }
+    Ok(subscription::Entity::find()
+        .filter(subscription::Column::TokenHash.eq(&hash))
+        .one(conn)
+        .await?
+        .map(|subscription| Loaded {
+            row: None,
+            expires_at: first_token_expiry(config, &subscription),
+            subscription,
+        }))
 }
 
-fn classify(l: &Loaded, now: chrono::DateTime<chrono::Utc>) -> TokenState {
+/// When the token held on a subscription's row expires.
+fn first_token_expiry(config: &Config, subscription: &subscription::Model) -> DateTime<Utc> {
+    config.retention.pending.after(subscription.created_at)
+}
+
+fn classify(l: &Loaded, now: DateTime<Utc>) -> TokenState {
     let list = l.subscription.list_slug.clone();
     if l.subscription.status == "confirmed" {
         // A used token keeps answering "already confirmed"; an unused one for a
         // subscription confirmed through another mail does too.
         return TokenState::Confirmed { list };
     }
-    if l.token.used_at.is_some() {
+    if l.row.as_ref().is_some_and(|t| t.used_at.is_some()) {
         return TokenState::Unknown;
     }
-    if l.token.expires_at <= now {
+    if l.expires_at <= now {
         return TokenState::Expired { list };
     }
     TokenState::Pending { list }
@@ -93,7 +117,7 @@ fn classify(l: &Loaded, now: chrono::DateTime<chrono::Utc>) -> TokenState {
 
 /// What the token stands for (GET pages); changes nothing.
 pub async fn inspect(state: &AppState, raw: &str) -> anyhow::Result<TokenState> {
-    Ok(match load(&state.db, raw).await? {
+    Ok(match load(&state.db, &state.config, raw).await? {
         Some(l) => classify(&l, state.now()),
         None => TokenState::Unknown,
     })
@@ -108,7 +132,7 @@ pub async fn confirm(
 ) -> anyhow::Result<ConfirmOutcome> {
     let now = state.now();
     let tx = state.begin_write().await?;
-    let Some(l) = load(&*tx, raw).await? else {
+    let Some(l) = load(&*tx, &state.config, raw).await? else {
         return Ok(ConfirmOutcome::Unknown);
     };
     match classify(&l, now) {
@@ -145,7 +169,11 @@ pub async fn confirm(
         .col_expr(subscription::Column::ConfirmedAt, Expr::value(Some(now)))
         .col_expr(
             subscription::Column::PendingExpiresAt,
-            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            subscription::Column::TokenHash,
+            Expr::value(Option::<String>::None),
         )
         .filter(subscription::Column::Id.eq(l.subscription.id))
         .filter(subscription::Column::Status.eq("pending"))
@@ -155,9 +183,27 @@ pub async fn confirm(
     if changed == 0 {
         return Ok(ConfirmOutcome::AlreadyConfirmed);
     }
-    let mut tok = l.token.into_active_model();
-    tok.used_at = Set(Some(now));
-    tok.update(&*tx).await?;
+    // The token used is marked so; the first token moves off the
+    // subscription's row into `tokens`, used or not, so that it keeps
+    // answering "already confirmed" and the purge treats it like the rest.
+    let used_first = l.row.is_none();
+    if let Some(row) = l.row {
+        let mut tok = row.into_active_model();
+        tok.used_at = Set(Some(now));
+        tok.update(&*tx).await?;
+    }
+    if let Some(first) = l.subscription.token_hash.clone() {
+        let mut tok = super::subscribe::confirm_token(
+            first,
+            l.subscription.id,
+            l.subscription.created_at,
+            first_token_expiry(&state.config, &l.subscription),
+        );
+        if used_first {
+            tok.used_at = Set(Some(now));
+        }
+        tok.insert(&*tx).await?;
+    }
 
     consent::record(
         &*tx,
@@ -201,7 +247,7 @@ pub async fn confirm(
 pub async fn block(state: &AppState, raw: &str) -> anyhow::Result<BlockOutcome> {
     let now = state.now();
     let tx = state.begin_write().await?;
-    let Some(l) = load(&*tx, raw).await? else {
+    let Some(l) = load(&*tx, &state.config, raw).await? else {
         return Ok(BlockOutcome::Unknown);
     };
     match classify(&l, now) {

@@ -473,22 +473,23 @@ pub async fn erase(
         suppressed_until: now,
     };
     if let Some(p) = &person {
-        let sub_ids: Vec<i64> = subscription::Entity::find()
+        let subs = subscription::Entity::find()
             .filter(subscription::Column::SubscriberId.eq(p.id))
             .all(conn)
-            .await?
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
-        receipt.tokens = token::Entity::delete_many()
-            .filter(
-                Condition::any()
-                    .add(token::Column::SubscriberId.eq(p.id))
-                    .add(token::Column::SubscriptionId.is_in(sub_ids.clone())),
-            )
-            .exec(conn)
-            .await?
-            .rows_affected;
+            .await?;
+        // A pending subscription's first token, held on its row, goes with it.
+        let held = subs.iter().filter(|s| s.token_hash.is_some()).count() as u64;
+        let sub_ids: Vec<i64> = subs.into_iter().map(|s| s.id).collect();
+        receipt.tokens = held
+            + token::Entity::delete_many()
+                .filter(
+                    Condition::any()
+                        .add(token::Column::SubscriberId.eq(p.id))
+                        .add(token::Column::SubscriptionId.is_in(sub_ids.clone())),
+                )
+                .exec(conn)
+                .await?
+                .rows_affected;
         receipt.subscriptions = subscription::Entity::delete_many()
             .filter(subscription::Column::Id.is_in(sub_ids))
             .exec(conn)

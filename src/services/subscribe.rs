@@ -290,12 +290,12 @@ async fn stored_consent_text(
     Ok(sha)
 }
 
-/// The row of a confirmation mail's token, for single and batched inserts.
+/// The `tokens` row of a confirmation token that its subscription's row does
+/// not hold: one sent again, or the first once the subscription is confirmed.
 /// It names its subscription only: the subscriber is the subscription's, and
 /// deleting either deletes the token through the subscription. (A second
-/// reference would cost a foreign-key check on every signup, a sixth of the
-/// batch statement's time on PostgreSQL.)
-fn confirm_token(
+/// reference would cost a foreign-key check.)
+pub(super) fn confirm_token(
     token_hash: String,
     subscription_id: i64,
     now: DateTime<Utc>,
@@ -373,21 +373,12 @@ async fn insert_fresh<C: ConnectionTrait>(
         created_at: Set(now),
         confirmed_at: Set(None),
         pending_expires_at: Set(Some(token_expires)),
+        token_hash: Set(Some(r.token_hash.clone())),
         ..Default::default()
     }))
     .exec_with_returning(conn)
     .await?;
     let sub_of: HashMap<i64, i64> = subs.iter().map(|s| (s.subscriber_id, s.id)).collect();
-    token::Entity::insert_many(rows.iter().map(|r| {
-        confirm_token(
-            r.token_hash.clone(),
-            sub_of[&person_of[r.email_hash]],
-            now,
-            token_expires,
-        )
-    }))
-    .exec_without_returning(conn)
-    .await?;
     consent_event::Entity::insert_many(rows.iter().map(|r| {
         consent::event_model(
             config,
@@ -453,15 +444,14 @@ async fn insert_fresh_postgres(
                SELECT email, email_hash, name, locale, false, $2, $2, $5, 1, $2 FROM input \
                RETURNING id, email_hash \
              ), subs AS ( \
-               INSERT INTO subscriptions (subscriber_id, list_slug, status, source, created_at, pending_expires_at) \
-               SELECT p.id, i.list_slug, '{pending}', i.source, $2, $3 FROM input i JOIN people p USING (email_hash) \
+               INSERT INTO subscriptions (subscriber_id, list_slug, status, source, created_at, \
+                 pending_expires_at, token_hash) \
+               SELECT p.id, i.list_slug, '{pending}', i.source, $2, $3, i.token_hash \
+               FROM input i JOIN people p USING (email_hash) \
                RETURNING id, subscriber_id \
              ), pairs AS ( \
                SELECT i.*, s.id AS sub_id \
                FROM input i JOIN people p USING (email_hash) JOIN subs s ON s.subscriber_id = p.id \
-             ), toks AS ( \
-               INSERT INTO tokens (token_hash, purpose, subscription_id, created_at, expires_at) \
-               SELECT token_hash, '{purpose}', sub_id, $2, $3 FROM pairs \
              ), events AS ( \
                INSERT INTO consent_events (subscription_id, email_hash, list_slug, kind, occurred_at, ip, \
                  user_agent, source, consent_version, consent_sha256, privacy_policy_url) \
@@ -475,7 +465,6 @@ async fn insert_fresh_postgres(
              ) \
              SELECT p.ord, m.id AS job FROM pairs p JOIN mails m ON m.subject_hash = p.email_hash",
             pending = PENDING,
-            purpose = CONFIRM_PURPOSE,
             requested = ConsentKind::Requested.as_str(),
             mail = JobKind::Mail.as_str(),
         )
@@ -640,12 +629,20 @@ async fn subscribe_in<C: ConnectionTrait>(
         }
     };
 
+    // A new subscription holds its first token on its row; a token sent
+    // again gets a `tokens` row.
+    let raw = random_token();
+    let token_hash = sha256_hex(raw.as_bytes());
     let token_expires = config.retention.pending.after(now);
     let sub = match existing_sub {
         Some(s) => {
             let mut am = s.into_active_model();
             am.pending_expires_at = Set(Some(token_expires));
-            am.update(conn).await?
+            let sub = am.update(conn).await?;
+            confirm_token(token_hash, sub.id, now, token_expires)
+                .insert(conn)
+                .await?;
+            sub
         }
         None => {
             subscription::ActiveModel {
@@ -656,17 +653,13 @@ async fn subscribe_in<C: ConnectionTrait>(
                 created_at: Set(now),
                 confirmed_at: Set(None),
                 pending_expires_at: Set(Some(token_expires)),
+                token_hash: Set(Some(token_hash)),
                 ..Default::default()
             }
             .insert(conn)
             .await?
         }
     };
-
-    let raw = random_token();
-    confirm_token(sha256_hex(raw.as_bytes()), sub.id, now, token_expires)
-        .insert(conn)
-        .await?;
 
     consent::record(
         conn,

@@ -53,6 +53,69 @@ async fn get_on_the_link_changes_nothing_and_post_confirms() {
 }
 
 #[tokio::test]
+async fn a_first_and_a_resent_link_each_work_and_agree_once_one_is_used() {
+    // The first link's token is held on the subscription's row, the re-sent
+    // one's in `tokens`; the two must behave alike.
+    let app = spawn_app().await;
+    let first = app.confirmation_link("twice@example.org").await;
+    app.clock.advance(chrono::Duration::minutes(11));
+    let second = app.confirmation_link("twice@example.org").await;
+    assert_ne!(first, second);
+    // Each link is valid for 48 hours from its own mail, however the other runs.
+    app.clock.advance(
+        chrono::Duration::hours(48) - chrono::Duration::minutes(11) + chrono::Duration::seconds(1),
+    );
+    assert_eq!(app.http.get(&first).send().await.unwrap().status(), 410);
+    assert_eq!(app.http.get(&second).send().await.unwrap().status(), 200);
+
+    let status = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        status(app.post_asking_json(&second).await).await,
+        "confirmed"
+    );
+    assert_eq!(
+        status(app.post_asking_json(&first).await).await,
+        "already_confirmed"
+    );
+    assert_eq!(
+        status(app.post_asking_json(&second).await).await,
+        "already_confirmed"
+    );
+    assert_eq!(
+        app.count("consent_events").await,
+        3,
+        "two requests, one confirmation"
+    );
+    let held = app
+        .query(
+            "SELECT COUNT(*) AS n FROM subscriptions WHERE token_hash IS NOT NULL",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        held[0].try_get::<i64>("", "n").unwrap(),
+        0,
+        "a confirmed subscription holds no token"
+    );
+    // Both go in the purge: the used one after a day, the other after its
+    // expiry and the grace.
+    app.clock.advance(chrono::Duration::days(7));
+    app.admin(reqwest::Method::POST, "/v1/admin/purge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.count("tokens").await, 0);
+    assert_eq!(
+        app.subscriptions_of("twice@example.org").await,
+        vec![("newsletter".into(), "confirmed".into())]
+    );
+}
+
+#[tokio::test]
 async fn confirming_answers_json_when_asked() {
     let app = spawn_app().await;
     let link = app.confirmation_link("json@example.org").await;
