@@ -65,31 +65,38 @@ async fn load<C: ConnectionTrait>(
         return Ok(None);
     }
     let hash = sha256_hex(raw.as_bytes());
-    if let Some(token) = token::Entity::find()
+    // The row first: confirming moves its token into `tokens` in one commit,
+    // so a token not on the row by the time of this lookup is in `tokens` by
+    // the time of the next. (The other order could miss a token moved in
+    // between, and answer a double click with "unknown link".)
+    if let Some(subscription) = subscription::Entity::find()
+        .filter(subscription::Column::TokenHash.eq(&hash))
+        .one(conn)
+        .await?
+    {
+        return Ok(Some(Loaded {
+            row: None,
+            expires_at: first_token_expiry(config, &subscription),
+            subscription,
+        }));
+    }
+    let Some(token) = token::Entity::find()
         .filter(token::Column::TokenHash.eq(&hash))
         .filter(token::Column::Purpose.eq("confirm"))
         .one(conn)
         .await?
-    {
-        let Some(sub_id) = token.subscription_id else {
-            return Ok(None);
-        };
-        let Some(subscription) = subscription::Entity::find_by_id(sub_id).one(conn).await? else {
-            return Ok(None);
-        };
-        return Ok(Some(Loaded {
-            expires_at: token.expires_at,
-            row: Some(token),
-            subscription,
-        }));
-    }
-    Ok(subscription::Entity::find()
-        .filter(subscription::Column::TokenHash.eq(&hash))
+    else {
+        return Ok(None);
+    };
+    let Some(sub_id) = token.subscription_id else {
+        return Ok(None);
+    };
+    Ok(subscription::Entity::find_by_id(sub_id)
         .one(conn)
         .await?
         .map(|subscription| Loaded {
-            row: None,
-            expires_at: first_token_expiry(config, &subscription),
+            expires_at: token.expires_at,
+            row: Some(token),
             subscription,
         }))
 }
