@@ -412,8 +412,8 @@ async fn insert_fresh<C: ConnectionTrait>(
 /// The rows of never-seen signups in one statement, committed on its own:
 /// the batch travels as one JSON parameter and every table is filled by a
 /// data-modifying CTE, so a batch costs one round trip and one prepared
-/// statement whatever its size, where the SQLite path's five multi-row
-/// inserts inside a transaction cost seven round trips and a fresh plan for
+/// statement whatever its size, where the SQLite path's four multi-row
+/// inserts inside a transaction cost six round trips and a fresh plan for
 /// each batch size. A row whose address the database knows (a suppression
 /// entry or a subscriber row) is left out; the answer is the
 /// positions in `rows` of those written. An address that another
