@@ -47,6 +47,18 @@ impl MigratorTrait for Migrator {
     }
 }
 
+/// Makes a hash column compare byte by byte on PostgreSQL (`COLLATE "C"`,
+/// as migration 000008 made every hash column); SQLite already does.
+async fn compare_bytewise(m: &SchemaManager<'_>, table: &str, column: &str) -> Result<(), DbErr> {
+    on_postgres_only(
+        m,
+        vec![format!(
+            "ALTER TABLE {table} ALTER COLUMN {column} TYPE varchar COLLATE \"C\""
+        )],
+    )
+    .await
+}
+
 /// Runs `statements` in order on PostgreSQL; on SQLite, which the change does
 /// not concern, nothing.
 async fn on_postgres_only(m: &SchemaManager<'_>, statements: Vec<String>) -> Result<(), DbErr> {

@@ -64,14 +64,7 @@ impl MigrationTrait for Migration {
         )
         .await?;
         // As migration 000008 left it.
-        crate::on_postgres_only(
-            m,
-            vec![
-                "ALTER TABLE address_limits ALTER COLUMN email_hash TYPE varchar COLLATE \"C\""
-                    .into(),
-            ],
-        )
-        .await?;
+        crate::compare_bytewise(m, "address_limits", "email_hash").await?;
         let db = m.get_connection();
         db.execute_unprepared(
             "INSERT INTO address_limits (email_hash, day, count, last_sent_at) \

@@ -28,15 +28,7 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        // Compared byte by byte, like every hash column (migration 000008).
-        crate::on_postgres_only(
-            m,
-            vec![
-                "ALTER TABLE subscriptions ALTER COLUMN token_hash TYPE varchar COLLATE \"C\""
-                    .into(),
-            ],
-        )
-        .await?;
+        crate::compare_bytewise(m, "subscriptions", "token_hash").await?;
         m.get_connection()
             .execute_unprepared(
                 "CREATE UNIQUE INDEX ux_subscriptions_token_hash ON subscriptions (token_hash) \

@@ -104,10 +104,8 @@ async fn a_first_and_a_resent_link_each_work_and_agree_once_one_is_used() {
     // Both go in the purge: the used one after a day, the other after its
     // expiry and the grace.
     app.clock.advance(chrono::Duration::days(7));
-    app.admin(reqwest::Method::POST, "/v1/admin/purge")
-        .send()
-        .await
-        .unwrap();
+    app.admin_json(reqwest::Method::POST, "/v1/admin/purge")
+        .await;
     assert_eq!(app.count("tokens").await, 0);
     assert_eq!(
         app.subscriptions_of("twice@example.org").await,
