@@ -7,10 +7,11 @@ use crate::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, Statement};
+
+use futures_util::StreamExt;
 
 use super::{
-    ClaimedJob, ExecutionOutcome, JobFailure, JobKind, claim, complete_many, do_jobs, fail,
+    ClaimedJob, ExecutionOutcome, JobFailure, JobKind, claim, complete_many, enqueue, fail,
 };
 use crate::{
     i18n::Locale,
@@ -21,7 +22,7 @@ use crate::{
 
 /// A queued mail. It holds the address and the raw token until it is sent; the
 /// payload is cleared the moment the job is done.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "template", rename_all = "snake_case")]
 pub enum MailJob {
     Confirm {
@@ -39,15 +40,24 @@ pub enum MailJob {
         token: String,
         locale: String,
     },
+    /// The first confirmation mails of one batch of new signups: which
+    /// subscriptions they are for, and nothing else. Their addresses and
+    /// links travel in memory to this process's worker (see [`Handoff`]);
+    /// a worker that claims the job instead (the process that queued it
+    /// stopped first) sends each subscription still waiting a new link.
+    FirstConfirmations { subscriptions: Vec<i64> },
 }
 
-/// Confirmation mails reserved for this process's worker. The signup
-/// statement (PostgreSQL's set-based one) writes their jobs `pending` with
-/// a short lease in `locked_until`, which keeps other workers' claims off
-/// them, and this worker takes them from memory instead of claiming them
-/// with an `UPDATE` of its own: that claim was a fifth of the database's
-/// work per signup. Should the process stop first, the lease runs out and
-/// any worker claims them as usual.
+/// The template name of [`MailJob::FirstConfirmations`] in a payload.
+pub const FIRST_CONFIRMATIONS: &str = "first_confirmations";
+
+/// First confirmation mails reserved for this process's worker. A signup
+/// batch writes one outbox job for all its first mails (see
+/// [`MailJob::FirstConfirmations`]), `pending` with a short lease in
+/// `locked_until`, which keeps other workers' claims off it, and hands the
+/// mails themselves to this worker in memory: no claim, and one job row
+/// and one "done" for a batch instead of one each. Should the process stop
+/// first, the lease runs out and any worker claims the job.
 #[derive(Default)]
 pub struct Handoff {
     queue: std::sync::Mutex<std::collections::VecDeque<HandedOff>>,
@@ -55,20 +65,31 @@ pub struct Handoff {
     last_claim: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
-/// A mail job reserved for this process.
+/// A signup batch's first mails, reserved for this process.
 pub struct HandedOff {
+    /// The batch's outbox job.
     pub id: i64,
-    pub subject_hash: String,
-    pub payload: String,
+    pub mails: Vec<FirstMail>,
     pub locked_until: DateTime<Utc>,
+}
+
+/// One subscription's first confirmation mail, ready to send.
+pub struct FirstMail {
+    pub subscription_id: i64,
+    /// The keyed hash of the address, for logs and for a retry's job.
+    pub subject_hash: String,
+    /// The SHA-256 of the link's token: the mail is sent only while the
+    /// subscription still waits for this token.
+    pub token_hash: String,
+    pub mail: MailJob,
 }
 
 /// The lease of a handed-off job: how long a mail waits if the process
 /// that queued it stops before sending it.
 pub const HANDOFF_LEASE: chrono::Duration = chrono::Duration::seconds(60);
 
-/// Handed-off jobs held at most; beyond them (mail sent more slowly than it
-/// is queued) new jobs are queued unreserved, for any worker to claim.
+/// Handed-off mails held at most; beyond them (mail sent more slowly than
+/// it is queued) new jobs are queued unreserved, for any worker to claim.
 const HANDOFF_CAP: usize = 1024;
 
 /// How often the worker claims from the table even while handed-off jobs
@@ -78,11 +99,12 @@ const CLAIM_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 impl Handoff {
     /// Whether new jobs may be reserved for this process.
     pub fn has_room(&self) -> bool {
-        self.queue.lock().expect("handoff lock").len() < HANDOFF_CAP
+        let queue = self.queue.lock().expect("handoff lock");
+        queue.iter().map(|h| h.mails.len()).sum::<usize>() < HANDOFF_CAP
     }
 
-    pub fn push(&self, jobs: impl IntoIterator<Item = HandedOff>) {
-        self.queue.lock().expect("handoff lock").extend(jobs);
+    pub fn push(&self, job: HandedOff) {
+        self.queue.lock().expect("handoff lock").push_back(job);
     }
 
     /// Forgets the reserved jobs, as stopping the process does; their
@@ -128,47 +150,111 @@ pub async fn try_execute_task(state: &AppState) -> anyhow::Result<ExecutionOutco
 /// How many mails one worker sends at once.
 const PARALLEL_SENDS: usize = 8;
 
+/// Where a mail being sent came from, which says how its outcome is kept.
+enum Origin {
+    /// A job of its own (a mail sent again, a privacy link).
+    Job(ClaimedJob),
+    /// One of the first mails of a signup batch's job. A mail that fails
+    /// gets a job of its own, for its retries.
+    Batch { job: i64, subject_hash: String },
+}
+
 /// Takes up to `limit` mail jobs (handed-off ones first, then claimed ones),
-/// sends them (a few at a time) and records the outcomes; returns how many
-/// jobs it took.
+/// sends their mails (a few at a time) and records the outcomes; returns how
+/// many jobs it took.
 pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize> {
     let now = state.now();
-    let mut jobs = handed_off(state, limit as usize, now).await?;
-    let room = limit.saturating_sub(u32::try_from(jobs.len()).unwrap_or(u32::MAX));
-    if room > 0 && state.mail_handoff.claim_due(!jobs.is_empty()) {
+    let handed = state.mail_handoff.take(limit as usize, now);
+    let mut n = handed.len();
+    // The signup batches' jobs are done once their mails are sent or
+    // have jobs of their own.
+    let mut done: Vec<i64> = handed.iter().map(|h| h.id).collect();
+    let mut sends: Vec<(Origin, MailJob)> = still_waiting(state, handed)
+        .await?
+        .into_iter()
+        .map(|(job, m)| {
+            (
+                Origin::Batch {
+                    job,
+                    subject_hash: m.subject_hash,
+                },
+                m.mail,
+            )
+        })
+        .collect();
+    let room = limit.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+    if room > 0 && state.mail_handoff.claim_due(n > 0) {
         let lease = JobKind::Mail.lease(&state.config);
-        jobs.extend(claim(&state.db, JobKind::Mail, lease, room, now).await?);
+        for job in claim(&state.db, JobKind::Mail, lease, room, now).await? {
+            n += 1;
+            match job.payload.as_deref().map(serde_json::from_str::<MailJob>) {
+                Some(Ok(MailJob::FirstConfirmations { subscriptions })) => {
+                    // The process that queued these stopped before sending
+                    // them: each subscription still waiting gets a new link.
+                    let mails =
+                        crate::services::subscribe::reissue_first_links(state, &subscriptions, now)
+                            .await?;
+                    tracing::info!(job = job.id, mails = mails.len(), "first mails taken over");
+                    sends.extend(mails.into_iter().map(|m| {
+                        let origin = Origin::Batch {
+                            job: job.id,
+                            subject_hash: m.subject_hash,
+                        };
+                        (origin, m.mail)
+                    }));
+                    done.push(job.id);
+                }
+                Some(Ok(mail)) => sends.push((Origin::Job(job), mail)),
+                Some(Err(e)) => {
+                    let failure = JobFailure::Permanent(format!("unreadable payload: {e}"));
+                    record_failure(state, &job, failure, now).await?;
+                }
+                None => {
+                    let failure = JobFailure::Permanent("payload was cleared".into());
+                    record_failure(state, &job, failure, now).await?;
+                }
+            }
+        }
     }
-    let results = do_jobs(jobs, PARALLEL_SENDS, |mail: MailJob| send(state, mail)).await;
-    let n = results.len();
+
+    let results: Vec<_> = futures_util::stream::iter(sends)
+        .map(|(origin, mail)| async move {
+            let result = send(state, &mail).await;
+            (origin, mail, result)
+        })
+        .buffer_unordered(PARALLEL_SENDS)
+        .collect()
+        .await;
     let now = state.now();
-    let mut done = Vec::new();
-    for (job, result) in results {
-        let subject = job
-            .subject_hash
-            .as_deref()
-            .map(log_id)
-            .unwrap_or("-")
-            .to_string();
-        match result {
-            Ok(()) => {
+    for (origin, mail, result) in results {
+        match (origin, result) {
+            (Origin::Job(job), Ok(())) => {
+                let subject = job.subject_hash.as_deref().map(log_id).unwrap_or("-");
                 tracing::info!(job = job.id, subject = %subject, "mail sent");
                 done.push(job.id);
             }
-            Err(failure) => {
-                let (kind, msg) = match &failure {
-                    JobFailure::Retry(m) => ("retry", m.clone()),
-                    JobFailure::Permanent(m) => ("permanent", m.clone()),
+            (Origin::Batch { job, subject_hash }, Ok(())) => {
+                tracing::info!(job, subject = %log_id(&subject_hash), "mail sent");
+            }
+            (Origin::Job(job), Err(failure)) => record_failure(state, &job, failure, now).await?,
+            (Origin::Batch { subject_hash, .. }, Err(failure)) => {
+                // A job of its own, failed once, so that it is retried like
+                // any other mail (and an erasure finds it by the hash).
+                let job = ClaimedJob {
+                    id: enqueue(
+                        &state.db,
+                        JobKind::Mail,
+                        &serde_json::to_value(&mail)?,
+                        Some(&subject_hash),
+                        now,
+                    )
+                    .await?,
+                    kind: JobKind::Mail.as_str().to_string(),
+                    payload: None,
+                    subject_hash: Some(subject_hash),
+                    attempts: 0,
                 };
-                tracing::warn!(job = job.id, subject = %subject, failure = kind, error = %msg, "mail not sent");
-                fail(
-                    &state.db,
-                    &job,
-                    failure,
-                    state.config.mail.max_attempts,
-                    now,
-                )
-                .await?;
+                record_failure(state, &job, failure, now).await?;
             }
         }
     }
@@ -176,50 +262,46 @@ pub async fn execute_batch(state: &AppState, limit: u32) -> anyhow::Result<usize
     Ok(n)
 }
 
-/// Up to `limit` handed-off jobs, as claimed ones: those still `pending`
-/// (one that was cancelled meanwhile, e.g. by an erasure, is not sent).
-async fn handed_off(
+/// Logs a failed mail and records it on its job: retried later, or dead.
+async fn record_failure(
     state: &AppState,
-    limit: usize,
+    job: &ClaimedJob,
+    failure: JobFailure,
     now: DateTime<Utc>,
-) -> Result<Vec<ClaimedJob>, sea_orm::DbErr> {
-    let backend = state.db.get_database_backend();
-    let mut jobs = Vec::new();
-    while jobs.len() < limit {
-        let taken = state.mail_handoff.take(limit - jobs.len(), now);
-        if taken.is_empty() {
-            break;
-        }
-        let ids: Vec<i64> = taken.iter().map(|j| j.id).collect();
-        let (wanted, list) = crate::db::id_in(backend, "id", 1, &ids);
-        let live: std::collections::HashSet<i64> = state
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                backend,
-                format!("SELECT id FROM outbox WHERE {wanted} AND status = 'pending'"),
-                [list],
-            ))
-            .await?
-            .iter()
-            .map(|r| r.try_get::<i64>("", "id"))
-            .collect::<Result<_, _>>()?;
-        jobs.extend(
-            taken
-                .into_iter()
-                .filter(|j| live.contains(&j.id))
-                .map(|j| ClaimedJob {
-                    id: j.id,
-                    kind: JobKind::Mail.as_str().to_string(),
-                    payload: Some(j.payload),
-                    subject_hash: Some(j.subject_hash),
-                    attempts: 0,
-                }),
-        );
-    }
-    Ok(jobs)
+) -> Result<(), sea_orm::DbErr> {
+    let (kind, msg) = match &failure {
+        JobFailure::Retry(m) => ("retry", m.as_str()),
+        JobFailure::Permanent(m) => ("permanent", m.as_str()),
+    };
+    let subject = job.subject_hash.as_deref().map(log_id).unwrap_or("-");
+    tracing::warn!(job = job.id, subject = %subject, failure = kind, error = %msg, "mail not sent");
+    fail(&state.db, job, failure, state.config.mail.max_attempts, now).await
 }
 
-async fn send(state: &AppState, job: MailJob) -> Result<(), JobFailure> {
+/// The handed-off first mails whose subscriptions still wait for them, with
+/// their batch jobs' ids. One that was confirmed through a link sent again,
+/// deleted (an unsubscribe, an erasure) or whose subscriber is restricted
+/// gets no mail.
+async fn still_waiting(
+    state: &AppState,
+    handed: Vec<HandedOff>,
+) -> Result<Vec<(i64, FirstMail)>, sea_orm::DbErr> {
+    let ids: Vec<i64> = handed
+        .iter()
+        .flat_map(|h| h.mails.iter().map(|m| m.subscription_id))
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let waiting = crate::services::subscribe::waiting_first_links(&state.db, &ids).await?;
+    Ok(handed
+        .into_iter()
+        .flat_map(|h| h.mails.into_iter().map(move |m| (h.id, m)))
+        .filter(|(_, m)| waiting.get(&m.subscription_id) == Some(&m.token_hash))
+        .collect())
+}
+
+async fn send(state: &AppState, job: &MailJob) -> Result<(), JobFailure> {
     let mail = match job {
         MailJob::Confirm {
             to,
@@ -228,12 +310,12 @@ async fn send(state: &AppState, job: MailJob) -> Result<(), JobFailure> {
             token,
             locale,
         } => {
-            let locale = Locale::parse(&locale).unwrap_or(Locale::Sv);
+            let locale = Locale::parse(locale).unwrap_or(Locale::Sv);
             let list_name = state
                 .config
-                .list(&list)
+                .list(list)
                 .map(|l| l.name.clone())
-                .unwrap_or(list);
+                .unwrap_or_else(|| list.clone());
             let base = state.config.public_base();
             let lang = locale.code();
             let confirm_url = format!("{base}/v1/subscriptions/confirm?token={token}&lang={lang}");
@@ -242,7 +324,7 @@ async fn send(state: &AppState, job: MailJob) -> Result<(), JobFailure> {
                 &state.templates,
                 &state.config,
                 &ConfirmationMail {
-                    to: &to,
+                    to,
                     name: name.as_deref(),
                     list_name: &list_name,
                     confirm_url: &confirm_url,
@@ -258,14 +340,19 @@ async fn send(state: &AppState, job: MailJob) -> Result<(), JobFailure> {
             token,
             locale,
         } => {
-            let locale = Locale::parse(&locale).unwrap_or(Locale::Sv);
+            let locale = Locale::parse(locale).unwrap_or(Locale::Sv);
             let url = format!(
                 "{}/v1/privacy/requests/{token}?lang={}",
                 state.config.public_base(),
                 locale.code()
             );
-            crate::mail::render_privacy(&state.templates, &state.config, &to, &kind, &url, locale)
+            crate::mail::render_privacy(&state.templates, &state.config, to, kind, &url, locale)
                 .map_err(|e| JobFailure::Permanent(format!("render: {e}")))?
+        }
+        MailJob::FirstConfirmations { .. } => {
+            return Err(JobFailure::Permanent(
+                "a batch of first mails is not one mail".into(),
+            ));
         }
     };
     send_mail(state, mail).await

@@ -179,7 +179,8 @@ pub struct ErasureReceipt {
     pub subscriptions: u64,
     pub consent_events: u64,
     pub tokens: u64,
-    /// Unsent jobs about the address, cancelled with their payloads cleared.
+    /// Unsent jobs about the address, cancelled with their payloads cleared,
+    /// and first confirmation mails not yet sent, withdrawn.
     pub jobs_cancelled: u64,
     /// Mailchimp removals (archive or permanent delete) queued.
     pub mailchimp_jobs: u64,
@@ -245,12 +246,21 @@ pub async fn export(
         .order_by_asc(suppression_entity::Column::CreatedAt)
         .all(conn)
         .await?;
-    let jobs = outbox::Entity::find()
+    let mut jobs = outbox::Entity::find()
         .filter(outbox::Column::SubjectHash.eq(&hash))
         .filter(crate::outbox::status_in(&["pending", "in_flight", "dead"]))
         .order_by_asc(outbox::Column::Id)
         .all(conn)
         .await?;
+    // A first confirmation mail not yet sent: its job names the subscription.
+    let ids: Vec<i64> = subscriptions.iter().map(|s| s.id).collect();
+    jobs.extend(
+        super::subscribe::first_mail_jobs_naming(conn, &ids)
+            .await?
+            .into_iter()
+            .map(|(j, _)| j),
+    );
+    jobs.sort_by_key(|j| j.id);
     if person.is_none() && events.is_empty() && suppressions.is_empty() && jobs.is_empty() {
         return Ok(None);
     }
@@ -325,11 +335,17 @@ pub async fn export(
 
 /// The operation a job's payload names (`op` of a Mailchimp job, `template`
 /// of a mail), without anything else from the payload.
+/// A batch of first confirmation mails is, to each person in it, their
+/// confirmation mail.
 fn job_op(payload: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
     v.get("op")
         .or_else(|| v.get("template"))
         .and_then(|o| o.as_str())
+        .map(|op| match op {
+            crate::outbox::mail_worker::FIRST_CONFIRMATIONS => "confirm",
+            op => op,
+        })
         .map(str::to_string)
 }
 
@@ -463,6 +479,7 @@ pub async fn erase(
         .filter(subscriber::Column::EmailHash.eq(&hash))
         .one(conn)
         .await?;
+    let mut withdrawn = 0;
     let mut receipt = ErasureReceipt {
         subscriber: person.is_some(),
         subscriptions: 0,
@@ -480,6 +497,13 @@ pub async fn erase(
         // A pending subscription's first token, held on its row, goes with it.
         let held = subs.iter().filter(|s| s.token_hash.is_some()).count() as u64;
         let sub_ids: Vec<i64> = subs.into_iter().map(|s| s.id).collect();
+        // A first confirmation mail not yet sent is withdrawn with its
+        // subscription (the worker sends none for a deleted one).
+        withdrawn = super::subscribe::first_mail_jobs_naming(conn, &sub_ids)
+            .await?
+            .iter()
+            .map(|(_, named)| *named as u64)
+            .sum();
         receipt.tokens = held
             + token::Entity::delete_many()
                 .filter(
@@ -502,15 +526,16 @@ pub async fn erase(
         .exec(conn)
         .await?
         .rows_affected;
-    receipt.jobs_cancelled = outbox::Entity::update_many()
-        .col_expr(outbox::Column::Status, Expr::value("cancelled"))
-        .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))
-        .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
-        .filter(outbox::Column::SubjectHash.eq(&hash))
-        .filter(crate::outbox::status_in(&["pending", "dead"]))
-        .exec(conn)
-        .await?
-        .rows_affected;
+    receipt.jobs_cancelled = withdrawn
+        + outbox::Entity::update_many()
+            .col_expr(outbox::Column::Status, Expr::value("cancelled"))
+            .col_expr(outbox::Column::Payload, Expr::value(Option::<String>::None))
+            .col_expr(outbox::Column::UpdatedAt, Expr::value(now))
+            .filter(outbox::Column::SubjectHash.eq(&hash))
+            .filter(crate::outbox::status_in(&["pending", "dead"]))
+            .exec(conn)
+            .await?
+            .rows_affected;
     // Mailchimp may hold the member on any mapped list, subscribed here or not.
     let member = email.mailchimp_hash();
     for list_id in state

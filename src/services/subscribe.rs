@@ -3,7 +3,7 @@
 //! behind differs. A confirmation mail is queued in the outbox (never sent
 //! inside the request), at most once per cooldown and a few times a day.
 use chrono::{DateTime, Utc};
-use entity::{consent_event, outbox as outbox_model, subscriber, subscription, token};
+use entity::{consent_event, subscriber, subscription, token};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel,
     QueryFilter, Set, Statement,
@@ -21,7 +21,7 @@ use crate::{
     i18n::Locale,
     outbox::{
         self, JobKind,
-        mail_worker::{HANDOFF_LEASE, HandedOff, MailJob},
+        mail_worker::{FIRST_CONFIRMATIONS, FirstMail, HANDOFF_LEASE, HandedOff, MailJob},
     },
     secrets::log_id,
     state::AppState,
@@ -155,8 +155,10 @@ struct FreshSignup<'a> {
     user_agent: Option<&'a str>,
     consent_version: &'a str,
     consent_sha256: String,
-    /// The confirmation mail job: it holds the address and the raw token.
-    payload: String,
+    /// The confirmation mail, with the address and the raw token: it
+    /// travels in memory only (see [`HandedOff`]).
+    #[serde(skip)]
+    mail: MailJob,
 }
 
 /// Fills in `outcomes`. A signup keeps `None` only when the statement that
@@ -178,7 +180,9 @@ async fn try_batch(
     let rows = fresh_rows(state, jobs, &firsts, now).await?;
 
     if state.db.get_database_backend() == DbBackend::Postgres {
-        for r in insert_fresh_postgres(state, &rows, now).await? {
+        let (written, handed) = insert_fresh_postgres(state, &rows, now).await?;
+        hand_off(state, handed);
+        for r in written {
             outcomes[firsts[r]] = Some(SubscribeOutcome::MailQueued);
         }
         if outcomes.iter().all(Option::is_some) {
@@ -211,9 +215,11 @@ async fn try_batch(
         .partition(|(i, _)| !known.contains(&jobs[**i].hash));
     let (fresh, rows): (HashSet<usize>, Vec<FreshSignup>) =
         fresh.into_iter().map(|(i, r)| (*i, r)).unzip();
-    if !rows.is_empty() {
-        insert_fresh(state, conn, &rows, now).await?;
-    }
+    let handed = if rows.is_empty() {
+        None
+    } else {
+        insert_fresh(state, conn, &rows, now).await?
+    };
     let mut all = Vec::with_capacity(jobs.len());
     for (i, j) in jobs.iter().enumerate() {
         all.push(if fresh.contains(&i) {
@@ -223,6 +229,7 @@ async fn try_batch(
         });
     }
     tx.commit().await?;
+    hand_off(state, handed);
     for (slot, o) in outcomes.iter_mut().zip(all) {
         *slot = Some(o);
     }
@@ -267,7 +274,7 @@ async fn fresh_rows<'a>(
             user_agent: j.ctx.user_agent.as_deref(),
             consent_version: &list.consent_version,
             consent_sha256: shas[&key].clone(),
-            payload: serde_json::to_string(&mail).map_err(|e| DbErr::Custom(e.to_string()))?,
+            mail,
         });
     }
     Ok(rows)
@@ -313,6 +320,130 @@ pub(super) fn confirm_token(
     }
 }
 
+/// The subscriptions of `ids` still waiting for the first link, with its
+/// token's hash: pending, holding it, and their subscriber not restricted.
+/// (One deleted, confirmed through a link sent again, or restricted is
+/// left out.)
+fn waiting_sql(backend: DbBackend, columns: &str, ids: &[i64]) -> Statement {
+    let (wanted, list) = crate::db::id_in(backend, "s.id", 1, ids);
+    Statement::from_sql_and_values(
+        backend,
+        format!(
+            "SELECT {columns} FROM subscriptions s JOIN subscribers b ON b.id = s.subscriber_id \
+             WHERE {wanted} AND s.status = '{PENDING}' AND s.token_hash IS NOT NULL \
+             AND NOT b.restricted"
+        ),
+        [list],
+    )
+}
+
+/// Which of the subscriptions `ids` still wait for their first link (see
+/// [`waiting_sql`]): their ids with the link's token hash.
+pub async fn waiting_first_links<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, String>, DbErr> {
+    let backend = conn.get_database_backend();
+    conn.query_all_raw(waiting_sql(backend, "s.id, s.token_hash", ids))
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "token_hash")?)))
+        .collect()
+}
+
+/// New first mails for those of the subscriptions `ids` still waiting for
+/// theirs, whose batch's process stopped before sending them (the raw
+/// tokens were only in its memory): a new link each, kept in `tokens` like
+/// a link sent again, so that one already delivered keeps working too.
+pub async fn reissue_first_links(
+    state: &AppState,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<Vec<FirstMail>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tx = state.begin_write().await?;
+    let backend = tx.get_database_backend();
+    let waiting = tx
+        .query_all_raw(waiting_sql(
+            backend,
+            "s.id, s.list_slug, b.email, b.email_hash, b.name, b.locale",
+            ids,
+        ))
+        .await?;
+    let expires = state.config.retention.pending.after(now);
+    let mut mails = Vec::with_capacity(waiting.len());
+    for r in &waiting {
+        let raw = random_token();
+        mails.push(FirstMail {
+            subscription_id: r.try_get("", "id")?,
+            subject_hash: r.try_get("", "email_hash")?,
+            token_hash: sha256_hex(raw.as_bytes()),
+            mail: MailJob::Confirm {
+                to: r.try_get("", "email")?,
+                name: r.try_get("", "name")?,
+                list: r.try_get("", "list_slug")?,
+                token: raw,
+                locale: r.try_get("", "locale")?,
+            },
+        });
+    }
+    if !mails.is_empty() {
+        token::Entity::insert_many(
+            mails
+                .iter()
+                .map(|m| confirm_token(m.token_hash.clone(), m.subscription_id, now, expires)),
+        )
+        .exec_without_returning(&*tx)
+        .await?;
+        subscription::Entity::update_many()
+            .col_expr(
+                subscription::Column::PendingExpiresAt,
+                sea_orm::sea_query::Expr::value(Some(expires)),
+            )
+            .filter(subscription::Column::Id.is_in(mails.iter().map(|m| m.subscription_id)))
+            .exec(&*tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(mails)
+}
+
+/// The unsent jobs of first mails (see [`MailJob::FirstConfirmations`])
+/// that name any of the subscriptions `ids`, each with how many of them it
+/// names: a person's queued confirmation mail, for an export to list and an
+/// erasure to count as withdrawn. (Such a job holds no address; deleting
+/// the subscription is what stops its mail.)
+pub async fn first_mail_jobs_naming<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[i64],
+) -> Result<Vec<(entity::outbox::Model, usize)>, DbErr> {
+    use entity::outbox;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let jobs = outbox::Entity::find()
+        .filter(outbox::Column::Kind.eq(JobKind::Mail.as_str()))
+        .filter(crate::outbox::status_in(&["pending", "in_flight"]))
+        .filter(outbox::Column::SubjectHash.is_null())
+        .filter(outbox::Column::Payload.contains(FIRST_CONFIRMATIONS))
+        .all(conn)
+        .await?;
+    Ok(jobs
+        .into_iter()
+        .filter_map(|j| {
+            let named = match serde_json::from_str(j.payload.as_deref()?) {
+                Ok(MailJob::FirstConfirmations { subscriptions }) => {
+                    subscriptions.iter().filter(|s| ids.contains(s)).count()
+                }
+                _ => 0,
+            };
+            (named > 0).then_some((j, named))
+        })
+        .collect())
+}
+
 /// Which of the batch's addresses the database holds anything about: a
 /// suppression entry or a subscriber row (which holds the address's mail
 /// limits). One statement (SQLite; PostgreSQL's batch statement asks the
@@ -334,13 +465,15 @@ async fn known_addresses<C: ConnectionTrait>(
     rows.iter().map(|r| r.try_get("", "email_hash")).collect()
 }
 
-/// The rows of never-seen signups, table by table (SQLite).
+/// The rows of never-seen signups, table by table (SQLite), and one mail
+/// job for all their first mails; answers the mails to hand off once the
+/// transaction is committed.
 async fn insert_fresh<C: ConnectionTrait>(
     state: &AppState,
     conn: &C,
     rows: &[FreshSignup<'_>],
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+) -> Result<Option<HandedOff>, DbErr> {
     use std::collections::HashMap;
 
     let config = &state.config;
@@ -394,19 +527,48 @@ async fn insert_fresh<C: ConnectionTrait>(
     }))
     .exec_without_returning(conn)
     .await?;
-    outbox_model::Entity::insert_many(rows.iter().map(|r| {
-        let mut job = outbox::job_model(
-            JobKind::Mail,
-            &serde_json::Value::Null,
-            Some(r.email_hash),
-            now,
-        );
-        job.payload = Set(Some(r.payload.clone()));
-        job
+    let subscriptions: Vec<i64> = rows
+        .iter()
+        .map(|r| sub_of[&person_of[r.email_hash]])
+        .collect();
+    let mut job = outbox::job_model(
+        JobKind::Mail,
+        &serde_json::to_value(MailJob::FirstConfirmations {
+            subscriptions: subscriptions.clone(),
+        })
+        .map_err(|e| DbErr::Custom(e.to_string()))?,
+        None,
+        now,
+    );
+    let locked_until = state.mail_handoff.has_room().then(|| now + HANDOFF_LEASE);
+    job.locked_until = Set(locked_until);
+    let job = job.insert(conn).await?;
+    Ok(locked_until.map(|locked_until| HandedOff {
+        id: job.id,
+        mails: rows
+            .iter()
+            .zip(subscriptions)
+            .map(|(r, subscription_id)| first_mail(r, subscription_id))
+            .collect(),
+        locked_until,
     }))
-    .exec_without_returning(conn)
-    .await?;
-    Ok(())
+}
+
+/// The first mail of a signup written as `subscription_id`.
+fn first_mail(row: &FreshSignup<'_>, subscription_id: i64) -> FirstMail {
+    FirstMail {
+        subscription_id,
+        subject_hash: row.email_hash.to_string(),
+        token_hash: row.token_hash.clone(),
+        mail: row.mail.clone(),
+    }
+}
+
+/// Gives this process's mail worker the first mails of a committed batch.
+fn hand_off(state: &AppState, handed: Option<HandedOff>) {
+    if let Some(h) = handed {
+        state.mail_handoff.push(h);
+    }
 }
 
 /// The rows of never-seen signups in one statement, committed on its own:
@@ -416,7 +578,8 @@ async fn insert_fresh<C: ConnectionTrait>(
 /// inserts inside a transaction cost six round trips and a fresh plan for
 /// each batch size. A row whose address the database knows (a suppression
 /// entry or a subscriber row) is left out; the answer is the
-/// positions in `rows` of those written. An address that another
+/// positions in `rows` of those written, and their first mails for this
+/// process's mail worker (unless its hand-off is full). An address that another
 /// transaction (a webhook, another replica) inserts at the same moment makes
 /// the statement fail on the unique key, and [`subscribe_batch`] then takes
 /// the batch's signups one by one. (`ON CONFLICT DO NOTHING` would keep the
@@ -426,16 +589,16 @@ async fn insert_fresh_postgres(
     state: &AppState,
     rows: &[FreshSignup<'_>],
     now: DateTime<Utc>,
-) -> Result<Vec<usize>, DbErr> {
+) -> Result<(Vec<usize>, Option<HandedOff>), DbErr> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "WITH input AS ( \
                SELECT x.* FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (email text, \
                  email_hash text, name text, locale text, list_slug text, source text, \
                  token_hash text, ip text, user_agent text, consent_version text, \
-                 consent_sha256 text, payload text)) WITH ORDINALITY AS x(email, email_hash, \
+                 consent_sha256 text)) WITH ORDINALITY AS x(email, email_hash, \
                  name, locale, list_slug, source, token_hash, ip, user_agent, consent_version, \
-                 consent_sha256, payload, ord) \
+                 consent_sha256, ord) \
                WHERE NOT EXISTS (SELECT 1 FROM suppressions k WHERE k.email_hash = x.email_hash) \
                  AND NOT EXISTS (SELECT 1 FROM subscribers k WHERE k.email_hash = x.email_hash) \
              ), people AS ( \
@@ -460,17 +623,20 @@ async fn insert_fresh_postgres(
              ), mails AS ( \
                INSERT INTO outbox (kind, status, payload, subject_hash, attempts, next_attempt_at, \
                  locked_until, created_at, updated_at) \
-               SELECT '{mail}', 'pending', payload, email_hash, 0, $2, $6, $2, $2 FROM pairs \
-               RETURNING id, subject_hash \
+               SELECT '{mail}', 'pending', json_build_object('template', '{first}', \
+                 'subscriptions', json_agg(sub_id ORDER BY ord))::text, NULL, 0, $2, $6, $2, $2 \
+               FROM pairs HAVING count(*) > 0 \
+               RETURNING id \
              ) \
-             SELECT p.ord, m.id AS job FROM pairs p JOIN mails m ON m.subject_hash = p.email_hash",
+             SELECT p.ord, p.sub_id, m.id AS job FROM pairs p CROSS JOIN mails m",
             pending = PENDING,
             requested = ConsentKind::Requested.as_str(),
             mail = JobKind::Mail.as_str(),
+            first = FIRST_CONFIRMATIONS,
         )
     });
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let config = &state.config;
     let input = serde_json::to_string(rows).map_err(|e| DbErr::Custom(e.to_string()))?;
@@ -491,7 +657,8 @@ async fn insert_fresh_postgres(
     );
     let written = state.db.query_all_raw(stmt).await?;
     let mut positions = Vec::with_capacity(written.len());
-    let mut handed = Vec::new();
+    let mut job = None;
+    let mut mails = Vec::new();
     for row in &written {
         let ord: i64 = row.try_get("", "ord")?;
         let i = usize::try_from(ord - 1)
@@ -501,17 +668,15 @@ async fn insert_fresh_postgres(
                 DbErr::Custom("the signup insert answered a row it was not given".into())
             })?;
         positions.push(i);
-        if let Some(locked_until) = locked_until {
-            handed.push(HandedOff {
-                id: row.try_get("", "job")?,
-                subject_hash: rows[i].email_hash.to_string(),
-                payload: rows[i].payload.clone(),
-                locked_until,
-            });
-        }
+        job = Some(row.try_get::<i64>("", "job")?);
+        mails.push(first_mail(&rows[i], row.try_get("", "sub_id")?));
     }
-    state.mail_handoff.push(handed);
-    Ok(positions)
+    let handed = job.zip(locked_until).map(|(id, locked_until)| HandedOff {
+        id,
+        mails,
+        locked_until,
+    });
+    Ok((positions, handed))
 }
 
 /// The UTC day that a subscriber's mail count belongs to.

@@ -344,7 +344,7 @@ fn job_concerns(job: &outbox::Model, scope: &Scope, subscriber_gone: bool) -> bo
             (Scope::AllLists, _) => true,
             (Scope::List(l), Some(p)) => match serde_json::from_str::<MailJob>(p) {
                 Ok(MailJob::Confirm { list, .. }) => &list == l,
-                Ok(MailJob::Privacy { .. }) | Err(_) => false,
+                Ok(MailJob::Privacy { .. } | MailJob::FirstConfirmations { .. }) | Err(_) => false,
             },
             (Scope::List(_), None) => false,
         }

@@ -210,7 +210,7 @@ async fn a_pending_confirmation_mail_is_cancelled_by_an_unsubscribe() {
     app.subscribe("early@example.org").await;
     let url = app.unsubscribe_url("newsletter", "early@example.org").await;
     assert_eq!(app.one_click(&url).await.status(), 200);
-    assert_eq!(app.drain_mail().await, 0);
+    app.drain_mail().await;
     assert!(app.smtp.mails().is_empty());
     assert!(app.find_text("early@example.org").await.is_empty());
 }
