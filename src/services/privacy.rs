@@ -334,9 +334,8 @@ pub async fn export(
 }
 
 /// The operation a job's payload names (`op` of a Mailchimp job, `template`
-/// of a mail), without anything else from the payload.
-/// A batch of first confirmation mails is, to each person in it, their
-/// confirmation mail.
+/// of a mail), without anything else from the payload. A signup batch's
+/// first mails are, to each person in it, their `confirm` mail.
 fn job_op(payload: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
     v.get("op")
