@@ -3,12 +3,11 @@
 //! claims at once and lets smaller amounts of mail gather first.
 use std::time::Duration;
 
-use crate::shutdown::Shutdown;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use chrono::{DateTime, Utc};
-
-use futures_util::StreamExt;
+use crate::shutdown::Shutdown;
 
 use super::{
     ClaimedJob, ExecutionOutcome, JobFailure, JobKind, claim, complete_many, enqueue, fail,

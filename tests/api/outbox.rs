@@ -1,4 +1,17 @@
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
+
+/// The mail jobs that another worker (one that dies at once) claims now.
+async fn claim_as_another_worker(app: &TestApp) -> Vec<listguard::outbox::ClaimedJob> {
+    listguard::outbox::claim(
+        &app.state.db,
+        listguard::outbox::JobKind::Mail,
+        listguard::outbox::JobKind::Mail.lease(&app.state.config),
+        10,
+        app.clock_now(),
+    )
+    .await
+    .unwrap()
+}
 
 #[tokio::test]
 async fn a_refused_mail_is_retried_with_backoff_and_its_payload_cleared_when_sent() {
@@ -58,15 +71,7 @@ async fn a_job_held_by_a_dead_worker_is_taken_over_after_its_lease() {
     app.clock.advance(chrono::Duration::minutes(11));
     app.subscribe("lease@example.org").await;
     // A worker claims the job and dies before finishing.
-    let claimed = listguard::outbox::claim(
-        &app.state.db,
-        listguard::outbox::JobKind::Mail,
-        listguard::outbox::JobKind::Mail.lease(&app.state.config),
-        10,
-        app.clock_now(),
-    )
-    .await
-    .unwrap();
+    let claimed = claim_as_another_worker(&app).await;
     assert_eq!(claimed.len(), 1);
     assert_eq!(app.drain_mail().await, 0, "the lease still holds");
     app.clock.advance(chrono::Duration::minutes(6));
@@ -81,15 +86,7 @@ async fn first_mails_whose_process_stopped_go_out_with_new_links_after_the_lease
     app.subscribe("kept@example.org").await;
     app.subscribe("erased@example.org").await;
     // The signups reserved their batch jobs for this process's worker.
-    let claimed = listguard::outbox::claim(
-        &app.state.db,
-        listguard::outbox::JobKind::Mail,
-        listguard::outbox::JobKind::Mail.lease(&app.state.config),
-        10,
-        app.clock_now(),
-    )
-    .await
-    .unwrap();
+    let claimed = claim_as_another_worker(&app).await;
     assert_eq!(claimed.len(), 0, "a reserved job is not claimed");
     // The process stops: the mails and their links, held only in its
     // memory, are gone. One of the two people is erased meanwhile.
